@@ -1,0 +1,708 @@
+//! Command-line parsing, compatible with the reference's Perl Getopt::Long
+//! call, into a validated [`Mode`].
+//!
+//! Getopt::Long's defaults are what existing init scripts rely on, so they
+//! are reproduced here rather than approximated with a general-purpose
+//! parser: `--x=v` and `--x v`, a single dash or `+` for long options, case
+//! insensitive names, unique abbreviations, permutation of non-options, and
+//! POSIX mode when `POSIXLY_CORRECT` is set. Everything is checked before
+//! anything happens: a bad port, signal name or number is an error here, not
+//! a surprise at the first restart.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+
+use crate::listen::ListenSpec;
+use crate::signals::SignalName;
+
+/// What start_server was asked to do.
+#[derive(Debug)]
+pub enum Mode {
+    Help,
+    Version,
+    Restart(Client),
+    Stop(Client),
+    Start(Box<Config>),
+}
+
+/// Options of the client modes `--restart` and `--stop`.
+#[derive(Debug)]
+pub struct Client {
+    pub pid_file: Option<PathBuf>,
+    pub status_file: Option<PathBuf>,
+}
+
+/// Options of the supervisor, validated.
+#[derive(Debug)]
+pub struct Config {
+    pub listen: Vec<ListenSpec>,
+    pub dir: Option<PathBuf>,
+    pub interval: Duration,
+    pub signal_on_hup: SignalName,
+    pub signal_on_term: SignalName,
+    pub pid_file: Option<PathBuf>,
+    pub status_file: Option<PathBuf>,
+    pub log_file: Option<String>,
+    pub daemonize: bool,
+    pub backlog: i32,
+    /// Environment variables the options export (`ENVDIR`, ...), in order.
+    pub exports: Vec<(&'static str, String)>,
+    pub program: Vec<OsString>,
+}
+
+/// How an option takes its value, as in Getopt::Long's spec (`=s`, `=i`, flag).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kind {
+    Flag,
+    Str,
+    Int,
+}
+
+/// The reference's option table, in its order.
+const OPTIONS: &[(&str, Kind)] = &[
+    ("port", Kind::Str),
+    ("path", Kind::Str),
+    ("interval", Kind::Int),
+    ("log-file", Kind::Str),
+    ("pid-file", Kind::Str),
+    ("dir", Kind::Str),
+    ("signal-on-hup", Kind::Str),
+    ("signal-on-term", Kind::Str),
+    ("backlog", Kind::Int),
+    ("envdir", Kind::Str),
+    ("enable-auto-restart", Kind::Flag),
+    ("daemonize", Kind::Flag),
+    ("auto-restart-interval", Kind::Int),
+    ("kill-old-delay", Kind::Int),
+    ("status-file", Kind::Str),
+    ("restart", Kind::Flag),
+    ("stop", Kind::Flag),
+    ("help", Kind::Flag),
+    ("version", Kind::Flag),
+];
+
+/// The raw result of option parsing: every option as given, last one wins
+/// (except `port` and `path`, which accumulate), and the non-option words.
+#[derive(Debug, Default, PartialEq)]
+pub struct Parsed {
+    /// `(name, value)` for every option seen, in order; flags have no value.
+    pub options: Vec<(&'static str, Option<String>)>,
+    /// The worker's command line.
+    pub args: Vec<OsString>,
+}
+
+impl Parsed {
+    /// The last value given to option `name`, if any.
+    fn last(&self, name: &str) -> Option<&str> {
+        self.options
+            .iter()
+            .rev()
+            .find(|(n, _)| *n == name)
+            .and_then(|(_, v)| v.as_deref())
+    }
+
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+        self.options
+            .iter()
+            .filter(move |(n, _)| *n == name)
+            .filter_map(|(_, v)| v.as_deref())
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.options.iter().any(|(n, _)| *n == name)
+    }
+}
+
+/// Parses arguments the way Getopt::Long does with its default
+/// configuration, or its POSIX one when `posix` is true (see
+/// `tests/data/GETOPT_NOTES.md`; `tests/data/getopt_matrix.tsv` holds the
+/// reference's results for hundreds of command lines, checked below). Every
+/// error is collected, as Getopt::Long warns about each before failing.
+pub fn parse_options(args: Vec<OsString>, posix: bool) -> Result<Parsed> {
+    let mut parsed = Parsed::default();
+    let mut errors: Vec<String> = Vec::new();
+    let mut rest = args.into_iter();
+    while let Some(arg) = rest.next() {
+        if arg == "--" {
+            break;
+        }
+        let Some((name, inline)) = split_option(&arg, posix) else {
+            parsed.args.push(arg);
+            if posix {
+                // require_order: the first non-option ends option parsing,
+                // and a later `--` is the worker's.
+                parsed.args.extend(rest.by_ref());
+            }
+            continue;
+        };
+        let (canonical, kind) = match find_option(&name, posix) {
+            Ok(found) => found,
+            Err(message) => {
+                errors.push(message);
+                continue;
+            }
+        };
+        if kind == Kind::Flag {
+            if inline.is_some() {
+                errors.push(format!("Option {canonical} does not take an argument"));
+            } else {
+                parsed.options.push((canonical, None));
+            }
+            continue;
+        }
+        let value = match inline {
+            Some(v) if v.is_empty() => None,
+            Some(v) => Some(v),
+            None => rest.next().map(|v| v.to_string_lossy().into_owned()),
+        };
+        let Some(value) = value else {
+            errors.push(format!("Option {canonical} requires an argument"));
+            continue;
+        };
+        if kind == Kind::Int {
+            match normalize_number(&value) {
+                Some(number) => parsed.options.push((canonical, Some(number))),
+                None => errors.push(format!(
+                    "Value \"{value}\" invalid for option {canonical} (number expected)"
+                )),
+            }
+        } else {
+            parsed.options.push((canonical, Some(value)));
+        }
+    }
+    parsed.args.extend(rest);
+    if errors.is_empty() {
+        Ok(parsed)
+    } else {
+        bail!(errors.join("\n"))
+    }
+}
+
+/// Recognises an option word: `--name`, `-name`, or `+name` outside POSIX
+/// mode; `=value` is split off after `--` always, after `-` and `+` only
+/// outside POSIX mode. Returns the name as typed and the inline value.
+fn split_option(arg: &OsString, posix: bool) -> Option<(String, Option<String>)> {
+    let text = arg.to_string_lossy();
+    let (body, split) = if let Some(b) = text.strip_prefix("--") {
+        (b, true)
+    } else if let Some(b) = text.strip_prefix('-').filter(|b| !b.is_empty()) {
+        (b, !posix)
+    } else {
+        (text.strip_prefix('+').filter(|_| !posix)?, true)
+    };
+    match body.find('=') {
+        Some(i) if split && i > 0 => Some((body[..i].to_string(), Some(body[i + 1..].to_string()))),
+        _ => Some((body.to_string(), None)),
+    }
+}
+
+/// Looks an option up, case-insensitively (Getopt::Long's `ignore_case`),
+/// by exact name or, outside POSIX mode, by unique prefix.
+fn find_option(typed: &str, posix: bool) -> Result<(&'static str, Kind), String> {
+    if typed.is_empty() {
+        return Err("Missing option after +".to_string());
+    }
+    let lower = typed.to_ascii_lowercase();
+    if let Some(&(name, kind)) = OPTIONS.iter().find(|(n, _)| *n == lower) {
+        return Ok((name, kind));
+    }
+    if posix {
+        return Err(format!("Unknown option: {typed}"));
+    }
+    let mut hits: Vec<&(&str, Kind)> = OPTIONS
+        .iter()
+        .filter(|(n, _)| n.starts_with(&lower))
+        .collect();
+    hits.sort_unstable_by_key(|(n, _)| *n);
+    match hits.as_slice() {
+        [] => Err(format!("Unknown option: {lower}")),
+        [(name, kind)] => Ok((name, *kind)),
+        many => {
+            let names: Vec<&str> = many.iter().map(|(n, _)| *n).collect();
+            Err(format!(
+                "Option {lower} is ambiguous ({})",
+                names.join(", ")
+            ))
+        }
+    }
+}
+
+/// Checks a number against Getopt::Long's integer syntax
+/// (`[-+]?_*[0-9][0-9_]*`, one trailing newline tolerated) and returns it
+/// as Perl stores it (underscores and leading zeros gone, `+3` is `3`).
+/// Fractions (`0.5`) are accepted too, an extension of ours.
+fn normalize_number(value: &str) -> Option<String> {
+    let text = value.strip_suffix('\n').unwrap_or(value);
+    let (negative, digits) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let is_int = digits
+        .trim_start_matches('_')
+        .starts_with(|c: char| c.is_ascii_digit())
+        && digits.bytes().all(|b| b.is_ascii_digit() || b == b'_');
+    if is_int {
+        let clean: String = digits.chars().filter(|&c| c != '_').collect();
+        let magnitude = clean.trim_start_matches('0');
+        let magnitude = if magnitude.is_empty() { "0" } else { magnitude };
+        let sign = if negative && magnitude != "0" {
+            "-"
+        } else {
+            ""
+        };
+        let fits = magnitude.len() < 19
+            || format!("{sign}{magnitude}").parse::<i64>().is_ok()
+            || (!negative && magnitude.parse::<u64>().is_ok());
+        if fits {
+            return Some(format!("{sign}{magnitude}"));
+        }
+        // Beyond 64 bits Perl keeps a double and prints it like %.15g.
+        let (mantissa, exponent) = format!("{:.14e}", magnitude.parse::<f64>().ok()?)
+            .split_once('e')
+            .map(|(m, e)| {
+                (
+                    m.trim_end_matches('0').trim_end_matches('.').to_string(),
+                    e.to_string(),
+                )
+            })?;
+        return Some(format!("{sign}{mantissa}e+{exponent:0>2}"));
+    }
+    let (int, frac) = digits.split_once('.')?;
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    if (int.is_empty() && frac.is_empty()) || !all_digits(int) || !all_digits(frac) {
+        return None;
+    }
+    let number: f64 = text.parse().ok()?;
+    Some(number.to_string())
+}
+
+/// Parses a number of seconds: whole or fractional, not negative.
+fn parse_seconds(option: &str, value: &str) -> Result<Duration> {
+    let secs: f64 = value
+        .parse()
+        .map_err(|_| anyhow::anyhow!("invalid --{option} value {value:?}: not a number"))?;
+    if !(secs >= 0.0 && secs.is_finite() && secs < 1e9) {
+        bail!("invalid --{option} value {value:?}: must be a number of seconds, 0 or more");
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+/// Turns parsed options into what to do. `posix` reflects `POSIXLY_CORRECT`.
+pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
+    let parsed = parse_options(args, posix)?;
+    if parsed.flag("help") {
+        return Ok(Mode::Help);
+    }
+    if parsed.flag("version") {
+        return Ok(Mode::Version);
+    }
+    let path_option = |name: &str| parsed.last(name).map(PathBuf::from);
+    let client = || Client {
+        pid_file: path_option("pid-file"),
+        status_file: path_option("status-file"),
+    };
+    if parsed.flag("restart") {
+        return Ok(Mode::Restart(client()));
+    }
+    if parsed.flag("stop") {
+        return Ok(Mode::Stop(client()));
+    }
+    let daemonize = parsed.flag("daemonize");
+    let log_file = parsed.last("log-file").map(str::to_string);
+    if daemonize && log_file.is_none() {
+        bail!("--daemonize needs --log-file: a daemon's output must go somewhere");
+    }
+    if parsed.args.is_empty() {
+        bail!("server program not specified (usage: start_server [options] -- program [args...])");
+    }
+
+    let mut listen = Vec::new();
+    for spec in parsed.all("port") {
+        listen.push(ListenSpec::parse_port(spec)?);
+    }
+    for path in parsed.all("path") {
+        listen.push(ListenSpec::unix(path));
+    }
+    crate::listen::check_pins(&listen)?;
+
+    let interval = match parsed.last("interval") {
+        Some(v) => parse_seconds("interval", v)?,
+        None => Duration::from_secs(1),
+    };
+    let signal = |name: &str| -> Result<SignalName> {
+        match parsed.last(name) {
+            Some(v) => SignalName::parse(v)
+                .map_err(|e| anyhow::anyhow!("invalid --{name} value {v:?}: {e}")),
+            None => SignalName::parse("TERM").map_err(anyhow::Error::msg),
+        }
+    };
+    let backlog = match parsed.last("backlog") {
+        Some(v) => match v.parse::<i32>() {
+            // Like the reference (`||= SOMAXCONN`), 0 means the default.
+            Ok(0) => libc::SOMAXCONN,
+            Ok(n) if n > 0 => n,
+            _ => bail!("invalid --backlog value {v:?}: must be a whole number, 0 or more"),
+        },
+        None => libc::SOMAXCONN,
+    };
+
+    // These four are read back from the environment at every turn of the
+    // supervisor loop, so that an envdir can change them (SPEC 1).
+    let mut exports = Vec::new();
+    if let Some(dir) = parsed.last("envdir") {
+        exports.push(("ENVDIR", dir.to_string()));
+    }
+    if parsed.flag("enable-auto-restart") {
+        exports.push(("ENABLE_AUTO_RESTART", "1".to_string()));
+    }
+    for (option, var) in [
+        ("kill-old-delay", "KILL_OLD_DELAY"),
+        ("auto-restart-interval", "AUTO_RESTART_INTERVAL"),
+    ] {
+        if let Some(v) = parsed.last(option) {
+            parse_seconds(option, v)?;
+            exports.push((var, v.to_string()));
+        }
+    }
+
+    Ok(Mode::Start(Box::new(Config {
+        listen,
+        dir: path_option("dir"),
+        interval,
+        signal_on_hup: signal("signal-on-hup")?,
+        signal_on_term: signal("signal-on-term")?,
+        pid_file: path_option("pid-file"),
+        status_file: path_option("status-file"),
+        log_file,
+        daemonize,
+        backlog,
+        exports,
+        program: parsed.args,
+    })))
+}
+
+/// The `--help` text.
+pub const USAGE: &str = "\
+Usage:
+  start_server [options] -- program [args...]
+  start_server --restart --pid-file=FILE --status-file=FILE
+  start_server --stop --pid-file=FILE
+
+A superdaemon for hot-deploying server programs: binds the listening sockets
+once, passes them to the program through SERVER_STARTER_PORT, and on SIGHUP
+starts a new generation of the program before retiring the old one.
+
+Options:
+  --port=[HOST:][u]PORT[=FD]  TCP (or UDP with u) socket to listen on;
+                              IPv6 as [ADDR]:PORT; repeatable
+  --path=PATH                 unix socket to listen on; repeatable
+  --dir=DIR                   working directory of the program
+  --interval=SECS             time a new program must stay up to count as
+                              started (default: 1)
+  --signal-on-hup=SIG         signal for old programs after a restart
+                              (default: TERM)
+  --signal-on-term=SIG        signal for programs on SIGTERM (default: TERM)
+  --pid-file=FILE             write our pid to FILE and lock it
+  --status-file=FILE          keep GENERATION:PID lines of live programs
+  --log-file=FILE             append stdout and stderr to FILE
+  --log-file=\"| CMD\"          pipe stdout and stderr to CMD
+  --daemonize                 run in the background (needs --log-file)
+  --envdir=DIR                directory of environment variables, re-read
+                              continuously
+  --enable-auto-restart       restart the program periodically
+  --auto-restart-interval=SECS
+                              period of the automatic restart (default: 360)
+  --kill-old-delay=SECS       wait before signalling old programs
+                              (default: 5 with auto-restart, else 0)
+  --backlog=N                 listen(2) backlog (default: SOMAXCONN)
+  --restart                   restart a running start_server and wait
+  --stop                      stop a running start_server and wait
+  --help                      print this help
+  --version                   print the version
+";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &str) -> Vec<OsString> {
+        s.split_whitespace().map(OsString::from).collect()
+    }
+
+    fn opts(s: &str) -> Result<Parsed> {
+        parse_options(words(s), false)
+    }
+
+    #[test]
+    fn equals_and_separate_values() {
+        let p = opts("--port=80 --port 81 -path /tmp/s app").unwrap();
+        assert_eq!(
+            p.options,
+            vec![
+                ("port", Some("80".into())),
+                ("port", Some("81".into())),
+                ("path", Some("/tmp/s".into()))
+            ]
+        );
+        assert_eq!(p.args, words("app"));
+    }
+
+    #[test]
+    fn abbreviations_and_case() {
+        let p = opts("--pid=x --STATUS=y +int 3 app").unwrap();
+        assert_eq!(p.last("pid-file"), Some("x"));
+        assert_eq!(p.last("status-file"), Some("y"));
+        assert_eq!(p.last("interval"), Some("3"));
+        let e = opts("--s app").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
+        );
+    }
+
+    #[test]
+    fn permutes_unless_posix() {
+        let p = opts("app --port=80 -- --x").unwrap();
+        assert_eq!(p.last("port"), Some("80"));
+        assert_eq!(p.args, words("app --x"));
+        let p = parse_options(words("app --port=80"), true).unwrap();
+        assert!(p.options.is_empty());
+        assert_eq!(p.args, words("app --port=80"));
+        assert!(parse_options(words("--pid=x app"), true).is_err());
+    }
+
+    #[test]
+    fn errors_name_the_option() {
+        assert_eq!(
+            opts("--foo app").unwrap_err().to_string(),
+            "Unknown option: foo"
+        );
+        assert_eq!(
+            opts("--daemonize=1 app").unwrap_err().to_string(),
+            "Option daemonize does not take an argument"
+        );
+        assert_eq!(
+            opts("--interval").unwrap_err().to_string(),
+            "Option interval requires an argument"
+        );
+        assert_eq!(
+            opts("--interval=abc app").unwrap_err().to_string(),
+            "Value \"abc\" invalid for option interval (number expected)"
+        );
+    }
+
+    #[test]
+    fn numbers() {
+        for (given, stored) in [
+            ("0", "0"),
+            ("5", "5"),
+            ("+3", "3"),
+            ("-1", "-1"),
+            ("05", "5"),
+            ("-0", "0"),
+            ("1_000", "1000"),
+            ("_5", "5"),
+            ("5\n", "5"),
+            ("0.5", "0.5"),
+            ("1.", "1"),
+            (".5", "0.5"),
+        ] {
+            assert_eq!(
+                normalize_number(given).as_deref(),
+                Some(stored),
+                "{given:?}"
+            );
+        }
+        for bad in [
+            "", "abc", "1e3", "0x10", ".", "1.2.3", " 5", "5 ", "--1", "_", "+", "-",
+        ] {
+            assert_eq!(normalize_number(bad), None, "{bad:?}");
+        }
+        assert!(parse(words("--interval=-1 app"), false).is_err());
+        assert!(parse(words("--kill-old-delay=-1 app"), false).is_err());
+    }
+
+    #[test]
+    fn modes() {
+        assert!(matches!(parse(words("--help"), false), Ok(Mode::Help)));
+        assert!(matches!(parse(words("--vers"), false), Ok(Mode::Version)));
+        assert!(matches!(
+            parse(words("--restart app"), false),
+            Ok(Mode::Restart(_))
+        ));
+        assert!(parse(words("--port=80"), false).is_err());
+        assert!(parse(words("--daemonize app"), false).is_err());
+        assert!(parse(words("--signal-on-hup=BOGUS app"), false).is_err());
+        let Ok(Mode::Start(c)) =
+            parse(words("--enable-auto-restart --kill-old-delay=2 app"), false)
+        else {
+            panic!("expected a start");
+        };
+        assert_eq!(
+            c.exports,
+            vec![
+                ("ENABLE_AUTO_RESTART", "1".into()),
+                ("KILL_OLD_DELAY", "2".into())
+            ]
+        );
+    }
+
+    /// A minimal reader for the matrix's JSON (strings, arrays, objects, 1).
+    #[derive(Debug, PartialEq)]
+    enum Json {
+        Str(String),
+        Num(String),
+        Arr(Vec<Json>),
+        Obj(Vec<(String, Json)>),
+    }
+
+    fn json(text: &str) -> Json {
+        fn value(s: &mut std::iter::Peekable<std::str::Chars<'_>>) -> Json {
+            match s.peek() {
+                Some('"') => {
+                    s.next();
+                    let mut out = String::new();
+                    while let Some(c) = s.next() {
+                        match c {
+                            '"' => break,
+                            '\\' => match s.next() {
+                                Some('n') => out.push('\n'),
+                                Some('t') => out.push('\t'),
+                                Some(other) => out.push(other),
+                                None => break,
+                            },
+                            c => out.push(c),
+                        }
+                    }
+                    Json::Str(out)
+                }
+                Some('[') => {
+                    s.next();
+                    let mut items = Vec::new();
+                    while s.peek() != Some(&']') {
+                        items.push(value(s));
+                        if s.peek() == Some(&',') {
+                            s.next();
+                        }
+                    }
+                    s.next();
+                    Json::Arr(items)
+                }
+                Some('{') => {
+                    s.next();
+                    let mut items = Vec::new();
+                    while s.peek() != Some(&'}') {
+                        let Json::Str(k) = value(s) else {
+                            panic!("key")
+                        };
+                        assert_eq!(s.next(), Some(':'));
+                        items.push((k, value(s)));
+                        if s.peek() == Some(&',') {
+                            s.next();
+                        }
+                    }
+                    s.next();
+                    Json::Obj(items)
+                }
+                _ => {
+                    let mut n = String::new();
+                    while let Some(&c) = s.peek() {
+                        if c == ',' || c == ']' || c == '}' {
+                            break;
+                        }
+                        n.push(c);
+                        s.next();
+                    }
+                    Json::Num(n)
+                }
+            }
+        }
+        value(&mut text.chars().peekable())
+    }
+
+    /// Our result in the matrix's shape.
+    fn as_json(parsed: &Parsed) -> Json {
+        let mut opts: Vec<(String, Json)> = Vec::new();
+        for (name, value) in &parsed.options {
+            let entry = match value {
+                None => Json::Num("1".into()),
+                Some(v) => Json::Str(v.clone()),
+            };
+            if *name == "port" || *name == "path" {
+                match opts.iter_mut().find(|(k, _)| k == name) {
+                    Some((_, Json::Arr(list))) => list.push(entry),
+                    _ => opts.push((name.to_string(), Json::Arr(vec![entry]))),
+                }
+            } else {
+                opts.retain(|(k, _)| k != name);
+                opts.push((name.to_string(), entry));
+            }
+        }
+        opts.sort_by(|a, b| a.0.cmp(&b.0));
+        let argv = parsed
+            .args
+            .iter()
+            .map(|a| Json::Str(a.to_string_lossy().into_owned()))
+            .collect();
+        Json::Obj(vec![
+            ("argv".into(), Json::Arr(argv)),
+            ("opts".into(), Json::Obj(opts)),
+        ])
+    }
+
+    /// Fractional seconds are our one deliberate extension (SPEC 8).
+    fn is_fraction(word: &str) -> bool {
+        let v = word.rsplit('=').next().unwrap_or(word);
+        v.contains('.') && normalize_number(v).is_some()
+    }
+
+    #[test]
+    fn matches_the_reference_getopt_matrix() {
+        let matrix = include_str!("../tests/data/getopt_matrix.tsv");
+        let mut checked = 0;
+        for line in matrix.lines() {
+            let cols: Vec<&str> = line.split('\t').collect();
+            let [posix, argv, outcome, result] = cols[..] else {
+                panic!("bad matrix line {line:?}");
+            };
+            let Json::Arr(argv) = json(argv) else {
+                panic!("argv of {line}")
+            };
+            let words: Vec<String> = argv
+                .into_iter()
+                .map(|w| match w {
+                    Json::Str(s) => s,
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            let ours = parse_options(words.iter().map(OsString::from).collect(), posix == "1");
+            match (outcome, ours) {
+                ("ok", Ok(parsed)) => {
+                    let mut expected = json(result);
+                    if let Json::Obj(fields) = &mut expected {
+                        for (_, v) in fields.iter_mut() {
+                            if let Json::Obj(opts) = v {
+                                opts.sort_by(|a, b| a.0.cmp(&b.0));
+                            }
+                        }
+                    }
+                    assert_eq!(as_json(&parsed), expected, "{line}");
+                }
+                ("error", Err(e)) => {
+                    let Json::Str(expected) = json(result) else {
+                        panic!("{line}")
+                    };
+                    assert_eq!(format!("{e}\n"), expected, "{line}");
+                }
+                ("error", Ok(_)) if words.iter().any(|w| is_fraction(w)) => {}
+                (outcome, ours) => panic!("{line}\nreference: {outcome}, ours: {ours:?}"),
+            }
+            checked += 1;
+        }
+        assert!(checked >= 300, "only {checked} cases");
+    }
+}

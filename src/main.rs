@@ -1,0 +1,48 @@
+//! `start_server`: a drop-in replacement for Server::Starter's superdaemon.
+
+/// Writes one lifecycle line to stderr (or the log file once it took over).
+macro_rules! log_line {
+    ($($arg:tt)*) => { $crate::log::line(format_args!($($arg)*)) };
+}
+
+mod cli;
+mod control;
+mod daemon;
+mod envdir;
+mod listen;
+mod log;
+mod pidfile;
+mod settings;
+mod signals;
+mod spawn;
+mod status;
+mod supervisor;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use cli::Mode;
+
+fn main() -> ExitCode {
+    let args = std::env::args_os().skip(1).collect();
+    let posix = std::env::var_os("POSIXLY_CORRECT").is_some();
+    let result = cli::parse(args, posix).and_then(|mode| match mode {
+        Mode::Help => print(cli::USAGE),
+        Mode::Version => print(&format!("{}\n", env!("CARGO_PKG_VERSION"))),
+        Mode::Restart(client) => control::restart(&client),
+        Mode::Stop(client) => control::stop(&client),
+        Mode::Start(config) => supervisor::run(*config),
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "start_server: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print(text: &str) -> anyhow::Result<()> {
+    std::io::stdout().write_all(text.as_bytes())?;
+    Ok(())
+}

@@ -1,0 +1,158 @@
+//! The `--pid-file`: our pid, under an exclusive flock(2) held for the
+//! supervisor's whole life.
+//!
+//! Invariant: the file is never truncated or written before we hold its
+//! lock, so a second instance cannot damage a live one's file; and the lock
+//! is the last thing released at exit, so `--stop` (which waits on it)
+//! returns only when everything else is gone.
+
+use std::fs::{File, OpenOptions};
+use std::io::Read;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use nix::errno::Errno;
+
+/// A locked pid file.
+pub struct PidFile {
+    path: PathBuf,
+    /// The locked descriptor (close-on-exec, so workers never hold the lock).
+    pub fd: OwnedFd,
+    /// Remove the file when dropped: true once we wrote our pid, or if we
+    /// created the file ourselves.
+    remove: bool,
+}
+
+fn flock(fd: &impl AsRawFd, op: libc::c_int) -> nix::Result<()> {
+    // SAFETY: flock(2) on a descriptor we own.
+    Errno::result(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+}
+
+/// What the pid file says, for the client modes.
+pub fn read_pid(path: &Path) -> Result<i32> {
+    let mut text = String::new();
+    File::open(path)
+        .and_then(|mut f| f.read_to_string(&mut text))
+        .with_context(|| format!("failed to open file:{}", path.display()))?;
+    let first = text.lines().next().unwrap_or("").trim();
+    match first.parse::<i32>() {
+        Ok(pid) if pid > 1 => Ok(pid),
+        _ => bail!(
+            "pid file {} does not hold a process id (it holds {:?})",
+            path.display(),
+            first
+        ),
+    }
+}
+
+/// Whether some process holds the exclusive lock of the file at `path`
+/// (start_server does for its whole life).
+pub fn is_locked(path: &Path) -> Result<bool> {
+    let file =
+        File::open(path).with_context(|| format!("failed to open file:{}", path.display()))?;
+    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
+        Ok(()) => Ok(false),
+        Err(Errno::EWOULDBLOCK) => Ok(true),
+        Err(e) => Err(e).with_context(|| format!("flock failed({})", path.display())),
+    }
+}
+
+/// Waits until nobody holds the lock of the file at `path`.
+pub fn wait_unlocked(path: &Path) -> Result<()> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        // Removed: the server is gone (it unlinks before it unlocks).
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("failed to open file:{}", path.display())),
+    };
+    loop {
+        match flock(&file, libc::LOCK_SH) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e).with_context(|| format!("flock failed({})", path.display())),
+        }
+    }
+}
+
+impl PidFile {
+    /// Opens (creating if needed) and locks the file without truncating it.
+    pub fn lock(path: &Path) -> Result<PidFile> {
+        let open = |create_new: bool| {
+            let mut options = OpenOptions::new();
+            options.read(true).write(true).mode(0o644);
+            if create_new {
+                options.create_new(true);
+            } else {
+                options.create(true);
+            }
+            options.open(path) // O_CLOEXEC is std's default
+        };
+        let opened = match open(true) {
+            Ok(f) => Ok((f, true)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                open(false).map(|f| (f, false))
+            }
+            Err(e) => Err(e),
+        };
+        let (mut file, created) =
+            opened.with_context(|| format!("failed to open file:{}", path.display()))?;
+        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Ok(PidFile {
+                path: path.to_path_buf(),
+                fd: file.into(),
+                remove: created,
+            }),
+            Err(Errno::EWOULDBLOCK) => {
+                let mut text = String::new();
+                let _ = file.read_to_string(&mut text);
+                bail!(
+                    "another start_server (pid:{}) is running with pid file {}",
+                    text.trim(),
+                    path.display()
+                )
+            }
+            Err(e) => {
+                if created {
+                    let _ = std::fs::remove_file(path);
+                }
+                Err(e).with_context(|| format!("flock failed({})", path.display()))
+            }
+        }
+    }
+
+    /// Replaces the contents with `PID\n`.
+    pub fn write_pid(&mut self, pid: u32) -> Result<()> {
+        self.remove = true;
+        let text = format!("{pid}\n");
+        nix::unistd::ftruncate(self.fd.as_fd(), 0)
+            .and_then(|_| nix::sys::uio::pwrite(self.fd.as_fd(), text.as_bytes(), 0))
+            .and_then(|n| {
+                if n == text.len() {
+                    Ok(())
+                } else {
+                    Err(Errno::EIO)
+                }
+            })
+            .with_context(|| format!("failed to write pid file {}", self.path.display()))
+    }
+}
+
+impl Drop for PidFile {
+    fn drop(&mut self) {
+        if !self.remove {
+            return;
+        }
+        // Only our file: if it was replaced meanwhile, leave the new one.
+        if let (Ok(mine), Ok(there)) = (
+            nix::sys::stat::fstat(self.fd.as_fd()),
+            std::fs::symlink_metadata(&self.path),
+        ) {
+            if mine.st_dev == there.dev() && mine.st_ino == there.ino() {
+                let _ = std::fs::remove_file(&self.path);
+            }
+        }
+        // The lock goes with the descriptor, after the unlink.
+    }
+}

@@ -1,0 +1,190 @@
+//! The signal queue and signal names.
+//!
+//! Invariant: a signal handler only sets an atomic flag and writes one byte
+//! to a non-blocking, close-on-exec self-pipe (the s6/skalibs pattern);
+//! every decision is taken in the supervisor loop, which sleeps in poll(2)
+//! on the pipe's read end. Flags rather than the bytes carry the meaning, so
+//! a full pipe during a signal storm loses nothing: HUPs coalesce by design
+//! and the first TERM/INT is kept.
+
+use std::fmt;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+
+use anyhow::{Context, Result};
+use nix::fcntl::OFlag;
+use nix::sys::signal::Signal;
+use signal_hook::SigId;
+
+static HUP: AtomicBool = AtomicBool::new(false);
+static CHILD: AtomicBool = AtomicBool::new(false);
+/// The first of TERM/INT received, 0 while none.
+static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
+static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
+
+/// Signals received since the last [`SignalQueue::drain`].
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pending {
+    pub hup: bool,
+    pub child: bool,
+    pub shutdown: Option<Signal>,
+}
+
+/// Handlers for HUP, TERM, INT and CHLD feeding a self-pipe.
+pub struct SignalQueue {
+    read: OwnedFd,
+    _write: OwnedFd,
+    ids: Vec<SigId>,
+}
+
+/// Async-signal-safe wake-up: one byte into the pipe, errno preserved.
+fn wake() {
+    let fd = WAKE_FD.load(Ordering::Relaxed);
+    if fd >= 0 {
+        // SAFETY: write(2) is async-signal-safe; errno is saved and restored
+        // so the interrupted code never sees ours.
+        unsafe {
+            let errno = *libc::__errno_location();
+            libc::write(fd, b"!".as_ptr().cast(), 1);
+            *libc::__errno_location() = errno;
+        }
+    }
+}
+
+impl SignalQueue {
+    /// Installs the handlers. SIGPIPE is ignored: a log pipe that went away
+    /// must not kill the supervisor.
+    pub fn install() -> Result<SignalQueue> {
+        let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+            .context("failed to create the signal pipe")?;
+        WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
+        let mut ids = Vec::new();
+        let handlers: [(i32, fn()); 4] = [
+            (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
+            (libc::SIGCHLD, || CHILD.store(true, Ordering::SeqCst)),
+            (libc::SIGTERM, || {
+                let _ =
+                    SHUTDOWN.compare_exchange(0, libc::SIGTERM, Ordering::SeqCst, Ordering::SeqCst);
+            }),
+            (libc::SIGINT, || {
+                let _ =
+                    SHUTDOWN.compare_exchange(0, libc::SIGINT, Ordering::SeqCst, Ordering::SeqCst);
+            }),
+        ];
+        for (signal, flag) in handlers {
+            // SAFETY: the action only stores to atomics and calls `wake`,
+            // both async-signal-safe.
+            let id = unsafe {
+                signal_hook::low_level::register(signal, move || {
+                    flag();
+                    wake();
+                })
+            }
+            .with_context(|| format!("failed to install a handler for signal {signal}"))?;
+            ids.push(id);
+        }
+        // SAFETY: setting a disposition to SIG_IGN has no handler to run.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        Ok(SignalQueue {
+            read,
+            _write: write,
+            ids,
+        })
+    }
+
+    /// The descriptor that becomes readable when a signal arrived.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.read.as_fd()
+    }
+
+    /// Empties the pipe, then takes the flags: draining first means a signal
+    /// arriving in between leaves a byte behind and wakes the next poll.
+    pub fn drain(&self) -> Pending {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = nix::unistd::read(self.read.as_fd(), &mut buf) {
+            if n == 0 {
+                break;
+            }
+        }
+        Pending {
+            hup: HUP.swap(false, Ordering::SeqCst),
+            child: CHILD.swap(false, Ordering::SeqCst),
+            shutdown: Signal::try_from(SHUTDOWN.swap(0, Ordering::SeqCst)).ok(),
+        }
+    }
+}
+
+impl Drop for SignalQueue {
+    fn drop(&mut self) {
+        WAKE_FD.store(-1, Ordering::SeqCst);
+        for id in self.ids.drain(..) {
+            signal_hook::low_level::unregister(id);
+        }
+    }
+}
+
+/// A signal given on the command line, kept with the spelling the log lines
+/// use (upper case, without `SIG`, as the reference prints it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignalName {
+    pub signal: Signal,
+    name: String,
+}
+
+impl SignalName {
+    /// Accepts `TERM`, `term`, `SIGTERM`, `sigterm` or a number.
+    pub fn parse(text: &str) -> Result<SignalName, String> {
+        let upper = text.trim().to_ascii_uppercase();
+        let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
+        let signal = if !bare.is_empty() && bare.bytes().all(|b| b.is_ascii_digit()) {
+            bare.parse::<i32>()
+                .ok()
+                .and_then(|n| Signal::try_from(n).ok())
+                .ok_or_else(|| format!("no signal has number {bare}"))?
+        } else {
+            let alias = match bare {
+                "CLD" => "CHLD",
+                "IOT" => "ABRT",
+                "POLL" => "IO",
+                other => other,
+            };
+            format!("SIG{alias}")
+                .parse::<Signal>()
+                .map_err(|_| format!("unknown signal name {text:?}"))?
+        };
+        Ok(SignalName {
+            signal,
+            name: bare.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for SignalName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+/// The name of a signal without `SIG`, as log lines print it.
+pub fn short_name(signal: Signal) -> &'static str {
+    signal.as_str().trim_start_matches("SIG")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_names() {
+        for text in ["usr1", "SIGUSR1", "USR1", "SigUsr1", "10"] {
+            let s = SignalName::parse(text).unwrap();
+            assert_eq!(s.signal, Signal::SIGUSR1, "{text}");
+        }
+        assert_eq!(SignalName::parse("sigusr1").unwrap().to_string(), "USR1");
+        assert_eq!(SignalName::parse("10").unwrap().to_string(), "10");
+        assert_eq!(SignalName::parse("cld").unwrap().signal, Signal::SIGCHLD);
+        for bad in ["", "SIG", "BOGUS", "0", "999", "-1", "TERM2"] {
+            assert!(SignalName::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
