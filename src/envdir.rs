@@ -101,46 +101,6 @@ pub fn read(dir: &Path) -> Env {
     env
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn reads_first_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("A"), "one\ntwo\n").unwrap();
-        std::fs::write(dir.path().join("B"), "no newline").unwrap();
-        std::fs::write(dir.path().join("C"), "").unwrap();
-        std::fs::write(dir.path().join("D"), "\n").unwrap();
-        std::fs::write(dir.path().join(".hidden"), "x").unwrap();
-        std::fs::create_dir(dir.path().join("sub")).unwrap();
-        let env = read(dir.path());
-        assert_eq!(env.get_str("A").as_deref(), Some("one"));
-        assert_eq!(env.get_str("B").as_deref(), Some("no newline"));
-        assert_eq!(env.get_str("C"), None);
-        assert_eq!(env.get_str("D").as_deref(), Some(""));
-        assert_eq!(env.get_str(".hidden"), None);
-        assert_eq!(env.get_str("sub"), None);
-        assert_eq!(read(&dir.path().join("missing")), Env::default());
-    }
-
-    #[test]
-    fn overlay_replaces_in_place() {
-        let mut base = Env::default();
-        base.set("A", "1");
-        base.set("B", "2");
-        let mut top = Env::default();
-        top.set("B", "3");
-        top.set("C", "4");
-        let env = base.overlaid(&top);
-        let pairs: Vec<_> = env
-            .iter()
-            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
-            .collect();
-        assert_eq!(pairs, vec![("A", "1"), ("B", "3"), ("C", "4")]);
-    }
-}
-
 /// Keeps an eye on the envdir so that a change wakes the loop at once
 /// (inotify), without periodic wake-ups. When the directory cannot be
 /// watched (it does not exist yet, say), it is read again every second.
@@ -221,5 +181,45 @@ impl Watch {
             self.inotify = None;
             self.next_poll = Some(Instant::now() + Duration::from_secs(1));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_first_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("A"), "one\ntwo\n").unwrap();
+        std::fs::write(dir.path().join("B"), "no newline").unwrap();
+        std::fs::write(dir.path().join("C"), "").unwrap();
+        std::fs::write(dir.path().join("D"), "\n").unwrap();
+        std::fs::write(dir.path().join(".hidden"), "x").unwrap();
+        std::fs::create_dir(dir.path().join("sub")).unwrap();
+        let env = read(dir.path());
+        assert_eq!(env.get_str("A").as_deref(), Some("one"));
+        assert_eq!(env.get_str("B").as_deref(), Some("no newline"));
+        assert_eq!(env.get_str("C"), None);
+        assert_eq!(env.get_str("D").as_deref(), Some(""));
+        assert_eq!(env.get_str(".hidden"), None);
+        assert_eq!(env.get_str("sub"), None);
+        assert_eq!(read(&dir.path().join("missing")), Env::default());
+    }
+
+    #[test]
+    fn overlay_replaces_in_place() {
+        let mut base = Env::default();
+        base.set("A", "1");
+        base.set("B", "2");
+        let mut top = Env::default();
+        top.set("B", "3");
+        top.set("C", "4");
+        let env = base.overlaid(&top);
+        let pairs: Vec<_> = env
+            .iter()
+            .map(|(k, v)| (k.to_str().unwrap(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(pairs, vec![("A", "1"), ("B", "3"), ("C", "4")]);
     }
 }

@@ -69,10 +69,14 @@ struct Attempt {
 
 /// Sets everything up in the order SPEC section 5 gives, then runs the loop.
 pub fn run(config: Config) -> Result<()> {
-    let pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
+    let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
     let mut log_sink = config.log_file.as_deref().map(log::open).transpose()?;
     log_line!("start_server (pid:{}) starting now...", std::process::id());
-    let mut internal: Vec<&mut OwnedFd> = log_sink.iter_mut().map(|l| &mut l.fd).collect();
+    let mut internal: Vec<&mut OwnedFd> = pid_file
+        .iter_mut()
+        .map(|p| &mut p.fd)
+        .chain(log_sink.iter_mut().map(|l| &mut l.fd))
+        .collect();
     let mut sockets = listen::bind_all(&config.listen, config.backlog, &mut internal)?;
 
     let ready = if config.daemonize {
@@ -87,7 +91,6 @@ pub fn run(config: Config) -> Result<()> {
         if let Some(ready) = &ready {
             ready.detach_stdin(sockets.uses_stdin())?;
         }
-        let mut pid_file = pid_file;
         if let Some(p) = pid_file.as_mut() {
             p.write_pid(std::process::id())?;
         }
@@ -486,7 +489,11 @@ impl Supervisor {
             let _ = kill(Pid::from_raw(w.pid), signal.signal);
         }
         self.old = remaining;
-        while !self.old.is_empty() {
+        loop {
+            // Drain before reaping: a SIGCHLD arriving after the drain leaves
+            // a byte in the pipe, so the poll below cannot miss it. Other
+            // signals are ignored: shutdown is under way.
+            let _: Pending = signals.drain();
             while let Some((pid, status)) = reap_one() {
                 if let Some(i) = self.old.iter().position(|w| w.pid == pid) {
                     log_line!("worker {pid} died, status:{status}");
@@ -497,8 +504,6 @@ impl Supervisor {
             if self.old.is_empty() {
                 break;
             }
-            // Further signals are drained and ignored: shutdown is under way.
-            let _: Pending = signals.drain();
             if self.sleep(signals, None).is_err() {
                 std::thread::sleep(Duration::from_millis(100));
             }

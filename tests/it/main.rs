@@ -1,0 +1,22 @@
+//! Integration tests: the real `start_server` binary, run in temp dirs with
+//! the `test_worker` example as its worker.
+//!
+//! `START_SERVER_BIN=/usr/bin/start_server cargo test --test it` runs the
+//! same suite against the Perl reference; the tests that pin the deliberate
+//! differences of SPEC section 8 say so in a comment and fail there.
+
+mod support;
+
+mod auto_restart;
+mod cli;
+mod client;
+mod daemonize;
+mod envdir;
+mod log_file;
+mod pid_file;
+mod restart;
+mod shutdown;
+mod sockets;
+mod status_file;
+mod unix_socket;
+mod workers;

@@ -1,0 +1,53 @@
+//! The pid file (SPEC section 5): content, lock, removal, second instances.
+
+use std::fs;
+
+use crate::support::*;
+
+#[test]
+fn pid_file_holds_our_pid_under_an_exclusive_lock() {
+    let sb = Sandbox::new();
+    let srv = sb.server().spawn();
+    srv.wait_current(1);
+    assert_eq!(
+        fs::read_to_string(sb.pid_file()).ok(),
+        Some(format!("{}\n", srv.pid()))
+    );
+    assert!(pid_file_is_locked(&sb), "{}", srv.describe());
+    srv.stop();
+    assert!(!sb.pid_file().exists());
+}
+
+#[test]
+fn a_second_instance_with_the_same_pid_file_refuses_and_leaves_it_intact() {
+    // SPEC section 8: the reference truncates the file, then blocks on the
+    // lock.
+    let sb = Sandbox::new();
+    let srv = sb.server().spawn();
+    let worker = srv.wait_current(1);
+    let other = Sandbox::new();
+    let out = other
+        .server()
+        .no_pid_file()
+        .arg(format!("--pid-file={}", sb.pid_file().display()))
+        .spawn()
+        .finish(TIMEOUT);
+    out.assert_failure(&srv.pid().to_string());
+    assert_eq!(
+        fs::read_to_string(sb.pid_file()).ok(),
+        Some(format!("{}\n", srv.pid()))
+    );
+    assert!(other.worker_reports().is_empty(), "{}", out.describe());
+    assert!(pid_file_is_locked(&sb));
+    srv.assert_running();
+    srv.wait_serving(worker.pid);
+}
+
+#[test]
+fn no_pid_file_is_left_after_a_setup_error() {
+    let sb = Sandbox::new();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", sb.port)).expect("bind");
+    let out = sb.server().spawn().finish(TIMEOUT);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(!sb.pid_file().exists() && !sb.status_file().exists());
+}
