@@ -245,8 +245,9 @@ impl Supervisor {
         }
         if let Some(current) = self.current.filter(|w| w.pid == pid) {
             log_line!("worker {pid} died unexpectedly with status:{status}, restarting");
+            // The status file keeps listing it until the next generation is
+            // up, as under the reference.
             self.current = None;
-            self.write_status();
             if self.starting.is_none() {
                 self.starting = Some(Start {
                     reason: Reason::Crash,
@@ -472,13 +473,18 @@ impl Supervisor {
         } else {
             SignalName::parse("TERM").unwrap_or_else(|_| self.signal_on_term.clone())
         };
-        let mut remaining: Vec<Worker> = self.old.drain(..).collect();
-        remaining.extend(self.current.take());
+        // A generation in its start check counts as started (the reference
+        // ends the check on TERM/INT and lists it in the status file).
         if let Some(attempt) = self.starting.take().and_then(|s| s.attempt) {
             if attempt.exit.is_none() {
-                remaining.push(attempt.worker);
+                if let Some(current) = self.current.replace(attempt.worker) {
+                    self.old.push(current);
+                }
+                self.write_status();
             }
         }
+        let mut remaining: Vec<Worker> = self.old.drain(..).collect();
+        remaining.extend(self.current.take());
         remaining.sort_by_key(|w| w.pid);
         log_line!(
             "received {}, sending {signal} to all workers:{}",
