@@ -35,6 +35,26 @@ use crate::{daemon, log};
 /// `--interval=0`, so a broken worker cannot become a fork loop.
 const RETRY_GAP: Duration = Duration::from_millis(100);
 
+/// A restart begins once no HUP has come for this long (at most
+/// `HUP_SETTLE_MAX` after the first): a burst of HUPs, as a deploy tool
+/// looping over hosts or an operator's loop sends, becomes one restart
+/// whose worker starts after the last HUP, at a cost of a few milliseconds.
+const HUP_SETTLE: Duration = Duration::from_millis(20);
+const HUP_SETTLE_MAX: Duration = Duration::from_millis(200);
+
+/// HUPs not yet acted on: when the first and the last arrived.
+#[derive(Debug, Clone, Copy)]
+struct HupBurst {
+    first: Instant,
+    last: Instant,
+}
+
+impl HupBurst {
+    fn due(&self) -> Instant {
+        (self.last + HUP_SETTLE).min(self.first + HUP_SETTLE_MAX)
+    }
+}
+
 /// A worker process and the generation it was started as.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Worker {
@@ -144,7 +164,8 @@ struct Supervisor {
     old: Vec<Worker>,
     starting: Option<Start>,
     kill_at: Option<Instant>,
-    restart_pending: bool,
+    /// HUPs received and not yet carried out as a restart.
+    restart_pending: Option<HupBurst>,
     last_restart: Instant,
     status: Option<StatusFile>,
 }
@@ -174,7 +195,7 @@ impl Supervisor {
                 not_before: now,
             }),
             kill_at: None,
-            restart_pending: false,
+            restart_pending: None,
             last_restart: now,
             status: config.status_file.map(StatusFile::new),
         };
@@ -192,10 +213,12 @@ impl Supervisor {
                 self.shut_down(signal, signals);
                 return;
             }
+            let now = Instant::now();
             if pending.hup {
-                self.restart_pending = true;
+                let first = self.restart_pending.map_or(now, |b| b.first);
+                self.restart_pending = Some(HupBurst { first, last: now });
             }
-            self.advance(Instant::now());
+            self.advance(now);
             let timeout = self
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
@@ -276,11 +299,15 @@ impl Supervisor {
                 } else {
                     false
                 }
-            } else if self.restart_pending {
-                self.restart_pending = false;
-                log_line!("received HUP, spawning a new worker");
-                self.begin_restart(now);
-                true
+            } else if let Some(burst) = self.restart_pending {
+                if now >= burst.due() {
+                    self.restart_pending = None;
+                    log_line!("received HUP, spawning a new worker");
+                    self.begin_restart(now);
+                    true
+                } else {
+                    false
+                }
             } else if let Some(line) = self.auto_restart_due(now) {
                 log_line!("{line}");
                 self.begin_restart(now);
@@ -423,6 +450,8 @@ impl Supervisor {
             });
         } else if let Some(at) = self.kill_at {
             deadlines.push(at);
+        } else if let Some(burst) = self.restart_pending {
+            deadlines.push(burst.due());
         } else if let Some(period) = &self.settings.auto_restart {
             let factor = if self.old.is_empty() { 1 } else { 2 };
             deadlines.push(self.last_restart + period.duration().saturating_mul(factor));

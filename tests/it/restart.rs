@@ -376,3 +376,29 @@ fn a_worker_exiting_on_its_own_is_restarted_with_its_status_logged() {
     ));
     srv.wait_worker(2);
 }
+
+#[test]
+fn a_burst_of_hups_becomes_one_restart() {
+    // SPEC section 8: the reference restarts once per SIGHUP. Ours waits
+    // until the burst is over, so its worker starts after the last HUP.
+    let sb = Sandbox::new();
+    let srv = sb.server().interval("1").spawn();
+    let old = srv.wait_current(1);
+    for _ in 0..50 {
+        srv.signal(Signal::SIGHUP);
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let new = srv.wait_current(2);
+    srv.wait_gone(old.pid);
+    // Watch for a third generation for longer than a start interval.
+    let deadline = Instant::now() + Duration::from_millis(1500);
+    while Instant::now() < deadline {
+        assert!(
+            started_pids(&srv.output()).len() <= 2,
+            "a burst of HUPs caused more than one restart\n{}",
+            srv.describe()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(sb.status_lines(), Some(vec![(2, new.pid)]));
+}
