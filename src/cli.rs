@@ -9,7 +9,8 @@
 //! anything happens: a bad port, signal name or number is an error here, not
 //! a surprise at the first restart.
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -45,11 +46,11 @@ pub struct Config {
     pub signal_on_term: SignalName,
     pub pid_file: Option<PathBuf>,
     pub status_file: Option<PathBuf>,
-    pub log_file: Option<String>,
+    pub log_file: Option<OsString>,
     pub daemonize: bool,
     pub backlog: i32,
     /// Environment variables the options export (`ENVDIR`, ...), in order.
-    pub exports: Vec<(&'static str, String)>,
+    pub exports: Vec<(&'static str, OsString)>,
     pub program: Vec<OsString>,
 }
 
@@ -89,14 +90,14 @@ const OPTIONS: &[(&str, Kind)] = &[
 #[derive(Debug, Default, PartialEq)]
 pub struct Parsed {
     /// `(name, value)` for every option seen, in order; flags have no value.
-    pub options: Vec<(&'static str, Option<String>)>,
+    pub options: Vec<(&'static str, Option<OsString>)>,
     /// The worker's command line.
     pub args: Vec<OsString>,
 }
 
 impl Parsed {
     /// The last value given to option `name`, if any.
-    fn last(&self, name: &str) -> Option<&str> {
+    fn last(&self, name: &str) -> Option<&OsStr> {
         self.options
             .iter()
             .rev()
@@ -104,11 +105,16 @@ impl Parsed {
             .and_then(|(_, v)| v.as_deref())
     }
 
-    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    fn all<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a OsStr> + 'a {
         self.options
             .iter()
             .filter(move |(n, _)| *n == name)
             .filter_map(|(_, v)| v.as_deref())
+    }
+
+    /// The last value of `name` as text, for options that are not paths.
+    fn text(&self, name: &str) -> Result<Option<&str>> {
+        self.last(name).map(|v| utf8(name, v)).transpose()
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -156,17 +162,18 @@ pub fn parse_options(args: Vec<OsString>, posix: bool) -> Result<Parsed> {
         let value = match inline {
             Some(v) if v.is_empty() => None,
             Some(v) => Some(v),
-            None => rest.next().map(|v| v.to_string_lossy().into_owned()),
+            None => rest.next(),
         };
         let Some(value) = value else {
             errors.push(format!("Option {canonical} requires an argument"));
             continue;
         };
         if kind == Kind::Int {
-            match normalize_number(&value) {
-                Some(number) => parsed.options.push((canonical, Some(number))),
+            match value.to_str().and_then(normalize_number) {
+                Some(number) => parsed.options.push((canonical, Some(number.into()))),
                 None => errors.push(format!(
-                    "Value \"{value}\" invalid for option {canonical} (number expected)"
+                    "Value \"{}\" invalid for option {canonical} (number expected)",
+                    value.to_string_lossy()
                 )),
             }
         } else {
@@ -184,18 +191,22 @@ pub fn parse_options(args: Vec<OsString>, posix: bool) -> Result<Parsed> {
 /// Recognises an option word: `--name`, `-name`, or `+name` outside POSIX
 /// mode; `=value` is split off after `--` always, after `-` and `+` only
 /// outside POSIX mode. Returns the name as typed and the inline value.
-fn split_option(arg: &OsString, posix: bool) -> Option<(String, Option<String>)> {
-    let text = arg.to_string_lossy();
-    let (body, split) = if let Some(b) = text.strip_prefix("--") {
+fn split_option(arg: &OsStr, posix: bool) -> Option<(String, Option<OsString>)> {
+    let bytes = arg.as_bytes();
+    let (body, split) = if let Some(b) = bytes.strip_prefix(b"--") {
         (b, true)
-    } else if let Some(b) = text.strip_prefix('-').filter(|b| !b.is_empty()) {
+    } else if let Some(b) = bytes.strip_prefix(b"-").filter(|b| !b.is_empty()) {
         (b, !posix)
     } else {
-        (text.strip_prefix('+').filter(|_| !posix)?, true)
+        (bytes.strip_prefix(b"+").filter(|_| !posix)?, true)
     };
-    match body.find('=') {
-        Some(i) if split && i > 0 => Some((body[..i].to_string(), Some(body[i + 1..].to_string()))),
-        _ => Some((body.to_string(), None)),
+    let name = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    match body.iter().position(|&b| b == b'=') {
+        Some(i) if split && i > 0 => Some((
+            name(&body[..i]),
+            Some(OsStr::from_bytes(&body[i + 1..]).to_os_string()),
+        )),
+        _ => Some((name(body), None)),
     }
 }
 
@@ -291,6 +302,12 @@ fn parse_seconds(option: &str, value: &str) -> Result<Duration> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn utf8<'a>(option: &str, value: &'a OsStr) -> Result<&'a str> {
+    value
+        .to_str()
+        .ok_or_else(|| anyhow::anyhow!("invalid --{option} value {value:?}: not valid UTF-8"))
+}
+
 /// Turns parsed options into what to do. `posix` reflects `POSIXLY_CORRECT`.
 pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
     let parsed = parse_options(args, posix)?;
@@ -312,7 +329,7 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         return Ok(Mode::Stop(client()));
     }
     let daemonize = parsed.flag("daemonize");
-    let log_file = parsed.last("log-file").map(str::to_string);
+    let log_file = parsed.last("log-file").map(OsStr::to_os_string);
     if daemonize && log_file.is_none() {
         bail!("--daemonize needs --log-file: a daemon's output must go somewhere");
     }
@@ -322,25 +339,25 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
 
     let mut listen = Vec::new();
     for spec in parsed.all("port") {
-        listen.push(ListenSpec::parse_port(spec)?);
+        listen.push(ListenSpec::parse_port(utf8("port", spec)?)?);
     }
     for path in parsed.all("path") {
         listen.push(ListenSpec::unix(path));
     }
     crate::listen::check_pins(&listen)?;
 
-    let interval = match parsed.last("interval") {
+    let interval = match parsed.text("interval")? {
         Some(v) => parse_seconds("interval", v)?,
         None => Duration::from_secs(1),
     };
     let signal = |name: &str| -> Result<SignalName> {
-        match parsed.last(name) {
+        match parsed.text(name)? {
             Some(v) => SignalName::parse(v)
                 .map_err(|e| anyhow::anyhow!("invalid --{name} value {v:?}: {e}")),
             None => SignalName::parse("TERM").map_err(anyhow::Error::msg),
         }
     };
-    let backlog = match parsed.last("backlog") {
+    let backlog = match parsed.text("backlog")? {
         Some(v) => match v.parse::<i32>() {
             // Like the reference (`||= SOMAXCONN`), 0 means the default.
             Ok(0) => libc::SOMAXCONN,
@@ -354,18 +371,18 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
     // supervisor loop, so that an envdir can change them (SPEC 1).
     let mut exports = Vec::new();
     if let Some(dir) = parsed.last("envdir") {
-        exports.push(("ENVDIR", dir.to_string()));
+        exports.push(("ENVDIR", dir.to_os_string()));
     }
     if parsed.flag("enable-auto-restart") {
-        exports.push(("ENABLE_AUTO_RESTART", "1".to_string()));
+        exports.push(("ENABLE_AUTO_RESTART", "1".into()));
     }
     for (option, var) in [
         ("kill-old-delay", "KILL_OLD_DELAY"),
         ("auto-restart-interval", "AUTO_RESTART_INTERVAL"),
     ] {
-        if let Some(v) = parsed.last(option) {
+        if let Some(v) = parsed.text(option)? {
             parse_seconds(option, v)?;
-            exports.push((var, v.to_string()));
+            exports.push((var, v.into()));
         }
     }
 
@@ -454,9 +471,9 @@ mod tests {
     #[test]
     fn abbreviations_and_case() {
         let p = opts("--pid=x --STATUS=y +int 3 app").unwrap();
-        assert_eq!(p.last("pid-file"), Some("x"));
-        assert_eq!(p.last("status-file"), Some("y"));
-        assert_eq!(p.last("interval"), Some("3"));
+        assert_eq!(p.last("pid-file"), Some(OsStr::new("x")));
+        assert_eq!(p.last("status-file"), Some(OsStr::new("y")));
+        assert_eq!(p.last("interval"), Some(OsStr::new("3")));
         let e = opts("--s app").unwrap_err().to_string();
         assert_eq!(
             e,
@@ -467,7 +484,7 @@ mod tests {
     #[test]
     fn permutes_unless_posix() {
         let p = opts("app --port=80 -- --x").unwrap();
-        assert_eq!(p.last("port"), Some("80"));
+        assert_eq!(p.last("port"), Some(OsStr::new("80")));
         assert_eq!(p.args, words("app --x"));
         let p = parse_options(words("app --port=80"), true).unwrap();
         assert!(p.options.is_empty());
@@ -630,7 +647,7 @@ mod tests {
         for (name, value) in &parsed.options {
             let entry = match value {
                 None => Json::Num("1".into()),
-                Some(v) => Json::Str(v.clone()),
+                Some(v) => Json::Str(v.to_string_lossy().into_owned()),
             };
             if *name == "port" || *name == "path" {
                 match opts.iter_mut().find(|(k, _)| k == name) {

@@ -4,6 +4,7 @@
 //! process holds that file's lock (a start_server does, for its whole
 //! life), so a stale file never gets an unrelated process signalled.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -19,15 +20,39 @@ use crate::status;
 /// the switch well under a second after it happens, cheap (one small read).
 const POLL: Duration = Duration::from_millis(10);
 
+/// The pid in the file, if a running start_server holds it: the file is
+/// locked, and the process it names has the file open.
 fn running_pid(pid_file: &Path) -> Result<i32> {
     let pid = pidfile::read_pid(pid_file)?;
-    if !pidfile::is_locked(pid_file)? {
-        bail!(
-            "no start_server is running with pid file {} (stale pid file; pid {pid} is not holding it)",
+    let stale = || {
+        format!(
+            "no start_server is running with pid file {} (stale pid file: pid {pid} does not hold it)",
             pid_file.display()
-        );
+        )
+    };
+    if !pidfile::is_locked(pid_file)? {
+        bail!(stale());
+    }
+    if !holds_file(pid, pid_file)? {
+        bail!(stale());
     }
     Ok(pid)
+}
+
+/// Whether process `pid` has `file` open, read from /proc/PID/fd. When
+/// we may not look (another user's process), kill(2) decides instead.
+fn holds_file(pid: i32, file: &Path) -> Result<bool> {
+    let target = std::fs::metadata(file)
+        .with_context(|| format!("failed to open file:{}", file.display()))?;
+    let entries = match std::fs::read_dir(format!("/proc/{pid}/fd")) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => return Ok(true),
+        Err(_) => return Ok(false),
+    };
+    Ok(entries.filter_map(|e| e.ok()).any(|entry| {
+        std::fs::metadata(entry.path())
+            .is_ok_and(|m| m.dev() == target.dev() && m.ino() == target.ino())
+    }))
 }
 
 fn read_generations(path: &Path) -> Result<Vec<u64>> {

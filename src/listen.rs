@@ -6,6 +6,7 @@
 //! nothing here touches its file status flags again: they belong to the open
 //! file description every worker generation shares.
 
+use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -38,8 +39,11 @@ pub enum Target {
 /// One `--port` or `--path` option, parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListenSpec {
-    /// The key workers see in `SERVER_STARTER_PORT`.
+    /// The key workers see in `SERVER_STARTER_PORT` (for a path that is
+    /// not UTF-8, a lossy rendering; the variable gets the real bytes).
     pub key: String,
+    /// The option value as written, for error messages.
+    pub given: String,
     pub target: Target,
     pub udp: bool,
     /// `=N`: the descriptor number the socket must have.
@@ -58,9 +62,10 @@ fn invalid(spec: &str, why: &str) -> anyhow::Error {
 
 impl ListenSpec {
     /// A `--path` option.
-    pub fn unix(path: &str) -> ListenSpec {
+    pub fn unix(path: &OsStr) -> ListenSpec {
         ListenSpec {
-            key: path.to_string(),
+            key: path.to_string_lossy().into_owned(),
+            given: path.to_string_lossy().into_owned(),
             target: Target::Unix(PathBuf::from(path)),
             udp: false,
             pin: None,
@@ -133,6 +138,9 @@ impl ListenSpec {
                 if bare.is_empty() {
                     return Err(invalid(spec, "empty host"));
                 }
+                if bare.contains(['[', ']']) {
+                    return Err(invalid(spec, "unbalanced brackets in the address"));
+                }
                 if bare.contains(':') {
                     let addr: Ipv6Addr = bare
                         .parse()
@@ -154,6 +162,7 @@ impl ListenSpec {
         };
         Ok(ListenSpec {
             key,
+            given: spec.to_string(),
             target,
             udp,
             pin,
@@ -163,20 +172,29 @@ impl ListenSpec {
 
 /// `=N` must not be our stdout or stderr, nor be used twice.
 pub fn check_pins(specs: &[ListenSpec]) -> Result<()> {
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
     let mut seen = Vec::new();
     for spec in specs {
         if let Some(fd) = spec.pin {
+            if u64::try_from(fd).map_or(true, |n| n >= limit) {
+                bail!(
+                    "invalid port value {:?}: file descriptor {fd} is beyond the limit of open files ({limit})",
+                    spec.given
+                );
+            }
             if fd == 1 || fd == 2 {
                 bail!(
                     "invalid port value {:?}: file descriptor {fd} is start_server's {}",
-                    spec.key,
+                    spec.given,
                     if fd == 1 { "stdout" } else { "stderr" }
                 );
             }
             if seen.contains(&fd) {
                 bail!(
                     "invalid port value {:?}: file descriptor {fd} is already used by another --port",
-                    spec.key
+                    spec.given
                 );
             }
             seen.push(fd);
@@ -189,6 +207,8 @@ pub fn check_pins(specs: &[ListenSpec]) -> Result<()> {
 #[derive(Debug)]
 pub struct Bound {
     pub key: String,
+    /// The key as `SERVER_STARTER_PORT` carries it.
+    env_key: OsString,
     pub fd: OwnedFd,
     /// For a unix socket we created: its path and inode, so that at exit we
     /// remove exactly that file and never one somebody put in its place.
@@ -207,13 +227,16 @@ pub struct Sockets {
 
 impl Sockets {
     /// The `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`.
-    pub fn env_value(&self) -> String {
-        let entries: Vec<String> = self
-            .bound
-            .iter()
-            .map(|b| format!("{}={}", b.key, b.fd.as_raw_fd()))
-            .collect();
-        entries.join(";")
+    pub fn env_value(&self) -> OsString {
+        let mut value = OsString::new();
+        for (i, b) in self.bound.iter().enumerate() {
+            if i > 0 {
+                value.push(";");
+            }
+            value.push(&b.env_key);
+            value.push(format!("={}", b.fd.as_raw_fd()));
+        }
+        value
     }
 
     /// Whether a socket sits on stdin (`=0`), which daemonizing keeps.
@@ -271,6 +294,10 @@ pub fn bind_all(
         let (fd, unix_file) = bind_one(spec, backlog)?;
         let mut bound = Bound {
             key: spec.key.clone(),
+            env_key: match &spec.target {
+                Target::Unix(path) => path.as_os_str().to_os_string(),
+                _ => spec.key.clone().into(),
+            },
             fd,
             unix_file,
         };
@@ -309,8 +336,11 @@ pub fn bind_all(
 
 /// Duplicates `fd` to the lowest free number above `floor`, close-on-exec.
 fn move_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd> {
-    let new = nix::fcntl::fcntl(fd.as_fd(), nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor + 1))
-        .context("failed to move a descriptor out of the way of a pinned socket")?;
+    let new = nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(floor.saturating_add(1)),
+    )
+    .context("failed to move a descriptor out of the way of a pinned socket")?;
     // SAFETY: fcntl just returned this new descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
@@ -415,13 +445,13 @@ fn bind_unix(path: &Path, backlog: Backlog) -> Result<(OwnedFd, UnixFile)> {
 
 /// A socket file nobody accepts on is a leftover: warn and remove it. A
 /// live one belongs to another instance: refuse. Anything that is not a
-/// socket is left alone (bind then fails with "Address in use").
+/// socket is left alone, and refused (the reference deletes it).
 fn remove_stale_socket(path: &Path) -> Result<()> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
     if !meta.file_type().is_socket() {
-        return Ok(());
+        bail!("it exists and is not a socket (left untouched)");
     }
     let probe = socket::socket(
         AddressFamily::Unix,

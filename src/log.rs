@@ -6,9 +6,11 @@
 //! `/dev/full`): a line that cannot be written is dropped, and the
 //! supervisor keeps serving.
 
+use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::Write;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
 
@@ -29,20 +31,21 @@ pub struct LogSink {
 /// Opens the log file for appending, or starts `sh -c CMD` for a value
 /// beginning with `|` (the reference's Perl `open '|-'`). The command is
 /// started before any socket exists, so it inherits none.
-pub fn open(spec: &str) -> Result<LogSink> {
-    let trimmed = spec.trim_start();
-    if let Some(command) = trimmed.strip_prefix('|') {
-        let command = command.trim_start();
+pub fn open(spec: &OsStr) -> Result<LogSink> {
+    let shown = spec.to_string_lossy();
+    let trimmed = spec.as_bytes().trim_ascii_start();
+    if let Some(command) = trimmed.strip_prefix(b"|") {
+        let command = OsStr::from_bytes(command.trim_ascii_start());
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
             .stdin(Stdio::piped())
             .spawn()
-            .with_context(|| format!("failed to open pipe:{spec}"))?;
+            .with_context(|| format!("failed to open pipe:{shown}"))?;
         let stdin = child
             .stdin
             .take()
-            .with_context(|| format!("failed to open pipe:{spec}"))?;
+            .with_context(|| format!("failed to open pipe:{shown}"))?;
         // The child is reaped by the supervisor loop like any other child.
         drop(child);
         return Ok(LogSink { fd: stdin.into() });
@@ -52,7 +55,7 @@ pub fn open(spec: &str) -> Result<LogSink> {
         .create(true)
         .mode(0o666)
         .open(spec)
-        .with_context(|| format!("failed to open log file:{spec}"))?;
+        .with_context(|| format!("failed to open log file:{shown}"))?;
     Ok(LogSink { fd: file.into() })
 }
 

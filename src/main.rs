@@ -9,6 +9,8 @@ mod cli;
 mod control;
 mod daemon;
 mod envdir;
+#[cfg(test)]
+mod fuzz;
 mod listen;
 mod log;
 mod pidfile;

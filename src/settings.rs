@@ -23,8 +23,11 @@ impl Seconds {
         }
     }
 
+    /// The value as a duration, capped at a century: longer is "never",
+    /// and adding it to an `Instant` must not overflow.
     pub fn duration(&self) -> Duration {
-        Duration::try_from_secs_f64(self.value.max(0.0)).unwrap_or(Duration::MAX)
+        const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+        Duration::try_from_secs_f64(self.value.max(0.0)).map_or(CENTURY, |d| d.min(CENTURY))
     }
 }
 

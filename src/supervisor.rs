@@ -18,6 +18,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use nix::errno::Errno;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
@@ -85,6 +86,9 @@ struct Attempt {
     check_at: Instant,
     /// Its wait status, if it already exited.
     exit: Option<i32>,
+    /// Its chdir or exec failed: it is exiting with 255, whatever the
+    /// start check's timing.
+    doomed: bool,
 }
 
 /// Sets everything up in the order SPEC section 5 gives, then runs the loop.
@@ -335,7 +339,7 @@ impl Supervisor {
                 match spawn_worker(&self.program, &env, self.dir.as_deref()) {
                     Ok(spawned) => {
                         log_line!("starting new worker {}", spawned.pid);
-                        if let Some(failure) = spawned.failure {
+                        if let Some(failure) = &spawned.failure {
                             log_line!("{failure}");
                         }
                         start.attempt = Some(Attempt {
@@ -346,6 +350,7 @@ impl Supervisor {
                             },
                             check_at: now + self.interval,
                             exit: None,
+                            doomed: spawned.failure.is_some(),
                         });
                     }
                     Err(e) => {
@@ -360,7 +365,7 @@ impl Supervisor {
                 let worker = attempt.worker;
                 let mut exit = attempt.exit;
                 if exit.is_none() {
-                    exit = reap_pid(worker.pid);
+                    exit = reap_pid(worker.pid, attempt.doomed);
                 }
                 if let Some(status) = exit {
                     log_line!(
@@ -583,10 +588,17 @@ fn reap_one() -> Option<(i32, i32)> {
     (pid > 0).then_some((pid, status))
 }
 
-/// Reaps `pid` if it has exited.
-fn reap_pid(pid: i32) -> Option<i32> {
+/// Reaps `pid` if it has exited, or waits for it when it is known to be
+/// exiting (a child whose exec failed calls _exit right after reporting).
+fn reap_pid(pid: i32, exiting: bool) -> Option<i32> {
+    let flags = if exiting { 0 } else { libc::WNOHANG };
     let mut status = 0;
-    // SAFETY: waitpid(2) with a valid status pointer.
-    let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
-    (r == pid).then_some(status)
+    loop {
+        // SAFETY: waitpid(2) with a valid status pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r < 0 && Errno::last() == Errno::EINTR {
+            continue;
+        }
+        return (r == pid).then_some(status);
+    }
 }

@@ -8,10 +8,14 @@
 mod support;
 
 mod auto_restart;
+mod bad_input;
 mod cli;
 mod client;
 mod daemonize;
 mod envdir;
+mod faults;
+mod file_safety;
+mod leaks;
 mod log_file;
 mod pid_file;
 mod restart;

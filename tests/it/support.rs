@@ -511,6 +511,8 @@ impl Sandbox {
             raw: None,
             wrapper: Vec::new(),
             stdin: None,
+            user: None,
+            subreaper: false,
         }
     }
 
@@ -752,6 +754,8 @@ pub struct Builder<'a> {
     raw: Option<Vec<OsString>>,
     wrapper: Vec<OsString>,
     stdin: Option<PathBuf>,
+    user: Option<(u32, u32)>,
+    subreaper: bool,
 }
 
 impl<'a> Builder<'a> {
@@ -851,6 +855,21 @@ impl<'a> Builder<'a> {
         self
     }
 
+    /// Run start_server with this uid and gid (and no supplementary
+    /// groups); the test process must be root to ask for another user.
+    pub fn user(mut self, uid: u32, gid: u32) -> Self {
+        self.user = Some((uid, gid));
+        self
+    }
+
+    /// Make start_server a child subreaper (PR_SET_CHILD_SUBREAPER, which
+    /// survives execve), so that orphans of its workers are re-parented to
+    /// it rather than to init.
+    pub fn subreaper(mut self) -> Self {
+        self.subreaper = true;
+        self
+    }
+
     /// The arguments after the binary's name.
     pub fn build_args(&self) -> Vec<OsString> {
         if let Some(raw) = &self.raw {
@@ -911,13 +930,21 @@ impl<'a> Builder<'a> {
         for (k, v) in &self.env {
             command.env(k, v);
         }
+        if let Some((uid, gid)) = self.user {
+            command.uid(uid).gid(gid);
+        }
+        let subreaper = self.subreaper;
         // If the test process dies without running its destructors (an
         // abort, a harness timeout), take start_server with it: the kernel
-        // sends SIGKILL when the spawning thread exits.
+        // sends SIGKILL when the spawning thread exits. (std changes the
+        // uid before running this, and a uid change clears the setting.)
         // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
         unsafe {
-            command.pre_exec(|| {
+            command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+                if subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) == -1 {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -1236,3 +1263,72 @@ impl Drop for Server<'_> {
         let _ = self.child.borrow_mut().wait();
     }
 }
+
+/// The live children of `pid` (processes whose parent it is, zombies
+/// included), from `/proc`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&child| proc_stat_field(child, 4) == Some(i64::from(pid)))
+        .collect()
+}
+
+/// The state letter of `pid` in `/proc/<pid>/stat` (`R`, `S`, `Z`, ...).
+pub fn proc_state(pid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().next()?.chars().next()
+}
+
+/// The zombie children of `pid`: exited, not yet reaped by it.
+pub fn zombie_children(pid: i32) -> Vec<i32> {
+    children_of(pid)
+        .into_iter()
+        .filter(|&child| proc_state(child) == Some('Z'))
+        .collect()
+}
+
+/// The value of a `Name:` line of `/proc/<pid>/status`, trimmed.
+pub fn proc_status_field(pid: i32, name: &str) -> Option<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// `VmRSS` of `pid`, in KiB.
+pub fn rss_kib(pid: i32) -> Option<u64> {
+    proc_status_field(pid, "VmRSS")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The open descriptors of `pid`, sorted.
+pub fn open_fds(pid: i32) -> Vec<i32> {
+    let mut fds: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    fds.sort_unstable();
+    fds
+}
+
+/// Whether this test process runs as root (and so may start start_server
+/// as another user, and is not stopped by file permissions itself).
+pub fn running_as_root() -> bool {
+    // SAFETY: geteuid(2) cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// The unprivileged user of the unprivileged tests: `nobody`.
+pub const NOBODY: (u32, u32) = (65534, 65534);
