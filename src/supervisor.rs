@@ -40,8 +40,8 @@ const RETRY_GAP: Duration = Duration::from_millis(100);
 /// `HUP_SETTLE_MAX` after the first): a burst of HUPs, as a deploy tool
 /// looping over hosts or an operator's loop sends, becomes one restart
 /// whose worker starts after the last HUP, at a cost of a few milliseconds.
-const HUP_SETTLE: Duration = Duration::from_millis(20);
-const HUP_SETTLE_MAX: Duration = Duration::from_millis(200);
+const HUP_SETTLE: Duration = Duration::from_millis(10);
+const HUP_SETTLE_MAX: Duration = Duration::from_millis(100);
 
 /// HUPs not yet acted on: when the first and the last arrived.
 #[derive(Debug, Clone, Copy)]
