@@ -41,7 +41,7 @@ const RETRY_GAP: Duration = Duration::from_millis(100);
 /// looping over hosts or an operator's loop sends, becomes one restart
 /// whose worker starts after the last HUP, at a cost of a few milliseconds.
 const HUP_SETTLE: Duration = Duration::from_millis(10);
-const HUP_SETTLE_MAX: Duration = Duration::from_millis(100);
+const HUP_SETTLE_MAX: Duration = Duration::from_millis(250);
 
 /// HUPs not yet acted on: when the first and the last arrived.
 #[derive(Debug, Clone, Copy)]
