@@ -1,0 +1,250 @@
+//! `ss-bench`: our start_server and the Perl reference, side by side.
+//!
+//! Runs every measurement of `scenarios` on both, interleaved, with the
+//! bench worker behind them; writes `results.md` (the table and the
+//! targets, each met or missed) and `latency.png` into the output
+//! directory, the raw data and every process's log into `OUT/raw/`.
+//! `bench/run.sh` builds everything and runs this; see bench/README.md.
+//!
+//! Every load goes to 127.0.0.1 only and is bounded in time and count;
+//! every process started here is killed and reaped before exit (also on
+//! SIGINT/SIGTERM).
+
+mod http;
+mod instance;
+mod procfs;
+mod report;
+mod results;
+mod scenarios;
+mod wrk;
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use instance::Setup;
+use results::Results;
+use scenarios::Plan;
+
+const USAGE: &str = "usage: ss-bench --ours BIN --reference BIN --worker BIN --out DIR [--quick]
+
+  --ours BIN       our start_server (target/release/start_server)
+  --reference BIN  the Perl reference (/usr/bin/start_server)
+  --worker BIN     the bench worker (target/release/examples/bench_worker)
+  --out DIR        where results.md and latency.png go (bench/results)
+  --quick          a short pass over everything, to check the harness
+  --only NAME      only the steps whose name contains NAME (start-up,
+                   switchover, --restart, wrk, per-request, footprint,
+                   idle, storm)
+";
+
+struct Args {
+    setup: Setup,
+    out: PathBuf,
+    quick: bool,
+    /// Run only the steps whose name contains this.
+    only: Option<String>,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let (mut ours, mut reference, mut worker, mut out, mut quick) = (None, None, None, None, false);
+    let mut only = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .map(PathBuf::from)
+                .ok_or(format!("{arg} needs a value"))
+        };
+        match arg.as_str() {
+            "--ours" => ours = Some(value()?),
+            "--reference" => reference = Some(value()?),
+            "--worker" => worker = Some(value()?),
+            "--out" => out = Some(value()?),
+            "--quick" => quick = true,
+            "--only" => only = Some(args.next().ok_or("--only needs a value")?),
+            "--help" | "-h" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    let absolute = |p: Option<PathBuf>, name: &str| -> Result<PathBuf, String> {
+        let p = p.ok_or(format!("{name} is required"))?;
+        std::path::absolute(&p).map_err(|e| format!("{}: {e}", p.display()))
+    };
+    let out = absolute(out, "--out")?;
+    let setup = Setup {
+        ours: absolute(ours, "--ours")?,
+        reference: absolute(reference, "--reference")?,
+        worker: absolute(worker, "--worker")?,
+        raw: out.join("raw"),
+    };
+    for p in [&setup.ours, &setup.reference, &setup.worker] {
+        if !p.is_file() {
+            return Err(format!("{} not found", p.display()));
+        }
+    }
+    Ok(Args {
+        setup,
+        out,
+        quick,
+        only,
+    })
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args() {
+        Ok(args) => args,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("ss-bench: {e}");
+            }
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    instance::install_cleanup_handler();
+    match run(&args) {
+        // Missed targets are a result, not a failure of the run.
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ss-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &Args) -> Result<(), String> {
+    let setup = &args.setup;
+    let plan = if args.quick {
+        Plan::quick()
+    } else {
+        Plan::full()
+    };
+    let _ = std::fs::remove_dir_all(&setup.raw);
+    std::fs::create_dir_all(setup.raw.join("logs"))
+        .map_err(|e| format!("{}: {e}", setup.raw.display()))?;
+    let started = Instant::now();
+    let load_before = load_average();
+    let mut results = Results::default();
+
+    type Step = fn(&Setup, &Plan, &mut Results) -> Result<(), String>;
+    let steps: [(&str, Step); 7] = [
+        ("start-up", scenarios::startup),
+        ("switchover", scenarios::switchover),
+        ("--restart", scenarios::restart_command),
+        ("wrk load with restarts", scenarios::load),
+        ("footprint", scenarios::footprint),
+        ("idle wake-ups", scenarios::idle),
+        ("HUP storm", scenarios::storm),
+    ];
+    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    let mut paced = Vec::new();
+    for (i, (name, step)) in steps.iter().enumerate() {
+        if wanted(name) {
+            let t = Instant::now();
+            eprintln!("== {name}");
+            step(setup, &plan, &mut results)?;
+            eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+        }
+        // The per-request runs for the picture follow the wrk runs.
+        let name = "per-request latency with restarts";
+        if i == 3 && wanted(name) {
+            let t = Instant::now();
+            eprintln!("== {name}");
+            paced = scenarios::paced(setup, &plan, &mut results)?;
+            eprintln!("   ({:.0} s)", t.elapsed().as_secs_f64());
+        }
+    }
+
+    let header = header(setup, &plan, started.elapsed().as_secs_f64(), &load_before);
+    let (md, verdicts) = report::write(&args.out, &setup.raw, &header, &results, &plan, &paced)?;
+    println!("{md}");
+    println!("Targets:");
+    for (goal, met) in &verdicts {
+        let verdict = match met {
+            Some(true) => "met",
+            Some(false) => "MISSED",
+            None => "not measured",
+        };
+        println!("  [{verdict}] {goal}");
+    }
+    println!(
+        "\nWritten: {}/results.md, {}/latency.png (raw data and logs in {}); {:.0} s",
+        args.out.display(),
+        args.out.display(),
+        setup.raw.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The first line of a command's output, or `?`.
+fn first_line(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| {
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or("?")
+                .trim()
+                .to_string()
+        })
+        .unwrap_or_else(|| "?".to_string())
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    let text = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn header(setup: &Setup, plan: &Plan, seconds: f64, load_before: &str) -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "?".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let mem_gib = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let ours = first_line(&setup.ours.to_string_lossy(), &["--version"]);
+    let reference = first_line(&setup.reference.to_string_lossy(), &["--version"]);
+    let perl = first_line("perl", &["-e", "print $^V"]);
+    let wrk = first_line("wrk", &["-v"]);
+    let wrk = wrk.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let load = load_average();
+    format!(
+        "# start_server benchmark: ours vs the Perl reference\n\n\
+         {date}{}, {seconds:.0} s (load average at the start: {load_before}, at the end: {load}). Machine: {cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {}. \
+         ours: start_server {ours} (release build); reference: Server::Starter {reference} \
+         (`{}`, perl {perl}); {wrk}; worker: `bench_worker` (examples/bench_worker.rs) for both.\n\n\
+         Ours and the reference run the same scenario one after the other, alternating which goes first. \
+         Cells are median (min–max) over the runs; `>` marks a run stopped at its time limit. \
+         Everything runs on 127.0.0.1.\n\n",
+        if plan.startup_runs < Plan::full().startup_runs {
+            " (quick pass)"
+        } else {
+            ""
+        },
+        kernel.trim(),
+        setup.reference.display(),
+    )
+}

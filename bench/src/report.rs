@@ -1,0 +1,794 @@
+//! The report: the markdown table, the targets (each met or missed), and the
+//! latency picture drawn by gnuplot.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::instance::Who;
+use crate::results::{Results, Stats};
+use crate::scenarios::{self as s, PacedRun, Plan, wrk_key};
+use crate::wrk::Mode;
+
+#[derive(Clone, Copy)]
+enum Unit {
+    Ms,
+    /// Stored in KiB, shown in MiB.
+    Mib,
+    Kib,
+    Count,
+    PerSecond,
+}
+
+/// Three significant digits, or a whole number.
+fn number(v: f64) -> String {
+    let a = v.abs();
+    if a >= 100.0 || v == v.trunc() {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn value(v: f64, unit: Unit, seconds: bool) -> String {
+    match unit {
+        Unit::Ms if seconds => format!("{} s", number(v / 1000.0)),
+        Unit::Ms => format!("{} ms", number(v)),
+        Unit::Mib => format!("{:.2} MiB", v / 1024.0),
+        Unit::Kib => format!("{v:.0} KiB"),
+        Unit::Count => format!("{v:.0}"),
+        Unit::PerSecond => format!("{v:.0}/s"),
+    }
+}
+
+/// `median (min–max)`, `>` marking values that hit a time limit.
+fn cell(stats: Option<Stats>, unit: Unit) -> String {
+    let Some(st) = stats else {
+        return "—".to_string();
+    };
+    let seconds = matches!(unit, Unit::Ms) && st.median >= 1000.0;
+    let capped = |c: bool| if c { ">" } else { "" };
+    let median = format!(
+        "{}{}",
+        capped(st.median_capped),
+        value(st.median, unit, seconds)
+    );
+    if st.count == 1 || st.min == st.max {
+        return median;
+    }
+    let strip = |v: f64| {
+        value(v, unit, seconds)
+            .split(' ')
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    format!(
+        "{median} ({}–{}{})",
+        strip(st.min),
+        capped(st.max_capped),
+        strip(st.max)
+    )
+}
+
+fn ratio(ours: Option<Stats>, reference: Option<Stats>) -> String {
+    let (Some(o), Some(r)) = (ours, reference) else {
+        return "—".to_string();
+    };
+    if r.median == 0.0 {
+        return "—".to_string();
+    }
+    let x = o.median / r.median;
+    let bound = match (o.median_capped, r.median_capped) {
+        (false, true) => "<",
+        (true, false) => ">",
+        (true, true) => return "—".to_string(),
+        (false, false) => "",
+    };
+    if x == 0.0 {
+        format!("{bound}0×")
+    } else if x < 0.01 {
+        format!("{bound}{x:.4}×")
+    } else {
+        format!("{bound}{x:.2}×")
+    }
+}
+
+struct Row {
+    label: String,
+    ours: String,
+    reference: String,
+    ratio: String,
+}
+
+struct Table {
+    rows: Vec<Row>,
+}
+
+impl Table {
+    fn section(&mut self, title: &str) {
+        self.rows.push(Row {
+            label: format!("**{title}**"),
+            ours: String::new(),
+            reference: String::new(),
+            ratio: String::new(),
+        });
+    }
+
+    /// Median (min–max) of ours and the reference, and an extra row for
+    /// ours with `--interval=0.1` when `fast`.
+    fn median(&mut self, results: &Results, label: &str, key: &str, unit: Unit, fast: bool) {
+        let ours = results.stats(key, Who::Ours);
+        let reference = results.stats(key, Who::Reference);
+        self.rows.push(Row {
+            label: label.to_string(),
+            ours: cell(ours, unit),
+            reference: cell(reference, unit),
+            ratio: ratio(ours, reference),
+        });
+        if fast {
+            self.rows.push(Row {
+                label: format!("↳ ours with `{}`", crate::instance::FAST_INTERVAL),
+                ours: cell(results.stats(key, Who::OursFast), unit),
+                reference: "—".to_string(),
+                ratio: String::new(),
+            });
+        }
+    }
+
+    /// Totals over every run of several counters, shown `a / b / c`.
+    fn sums(&mut self, results: &Results, label: &str, keys: &[String]) {
+        let total = |who: Who| {
+            keys.iter()
+                .map(|k| {
+                    results
+                        .stats(k, who)
+                        .map_or("—".to_string(), |st| format!("{:.0}", st.sum))
+                })
+                .collect::<Vec<_>>()
+                .join(" / ")
+        };
+        self.rows.push(Row {
+            label: label.to_string(),
+            ours: total(Who::Ours),
+            reference: total(Who::Reference),
+            ratio: String::new(),
+        });
+    }
+
+    /// A text observation of each.
+    fn note(&mut self, results: &Results, label: &str, key: &str) {
+        let text = |who: Who| results.get_note(key, who).unwrap_or("—").to_string();
+        self.rows.push(Row {
+            label: label.to_string(),
+            ours: text(Who::Ours),
+            reference: text(Who::Reference),
+            ratio: String::new(),
+        });
+    }
+
+    fn markdown(&self) -> String {
+        let mut out =
+            String::from("| | ours | reference | ours / reference |\n|---|---|---|---|\n");
+        for r in &self.rows {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} |",
+                r.label, r.ours, r.reference, r.ratio
+            );
+        }
+        out
+    }
+}
+
+fn table(results: &Results, plan: &Plan) -> Table {
+    let mut t = Table { rows: Vec::new() };
+    let runs = |n: usize| {
+        if n == 1 {
+            "1 run".to_string()
+        } else {
+            format!("{n} runs")
+        }
+    };
+
+    t.section(&format!("Start-up ({})", runs(plan.startup_runs)));
+    t.median(
+        results,
+        "exec of start_server → first response of its worker",
+        s::STARTUP,
+        Unit::Ms,
+        false,
+    );
+
+    t.section(&format!(
+        "Switchover, `--interval=1` ({})",
+        runs(plan.switch_runs)
+    ));
+    t.median(
+        results,
+        "SIGHUP → first response from the new generation",
+        s::SWITCH_FIRST,
+        Unit::Ms,
+        true,
+    );
+    t.median(
+        results,
+        "SIGHUP → status file lists only the new generation",
+        s::SWITCH_STATUS,
+        Unit::Ms,
+        true,
+    );
+
+    t.section(&format!(
+        "`start_server --restart`, `--interval=1` ({})",
+        runs(plan.restart_runs)
+    ));
+    t.median(results, "wall time", s::RESTART_WALL, Unit::Ms, true);
+    t.median(
+        results,
+        "returns this long after the old generation exited",
+        s::RESTART_LAG,
+        Unit::Ms,
+        true,
+    );
+
+    let secs = plan.load_duration.as_secs();
+    let period = plan.hup_period.as_secs_f64();
+    for mode in [Mode::Close, Mode::KeepAlive] {
+        t.section(&format!(
+            "wrk {secs} s, {}, SIGHUP every {period} s, `--interval=1` ({})",
+            mode.name(),
+            runs(plan.load_runs)
+        ));
+        t.median(
+            results,
+            "requests/s",
+            &wrk_key(mode, "rps"),
+            Unit::PerSecond,
+            false,
+        );
+        let errors = ["connect", "read", "write", "timeout"].map(|k| wrk_key(mode, k));
+        t.sums(
+            results,
+            "socket errors connect / read / write / timeout (total)",
+            &errors,
+        );
+        t.sums(
+            results,
+            "non-2xx responses (total; wrk counts status ≥ 400)",
+            &[wrk_key(mode, "status")],
+        );
+        t.median(
+            results,
+            "p99 latency",
+            &wrk_key(mode, "p99_ms"),
+            Unit::Ms,
+            false,
+        );
+        t.median(
+            results,
+            "max latency",
+            &wrk_key(mode, "max_ms"),
+            Unit::Ms,
+            false,
+        );
+        t.median(
+            results,
+            "↳ control: p99 latency with no restart at all (1 run)",
+            &wrk_key(mode, "control_p99_ms"),
+            Unit::Ms,
+            false,
+        );
+        t.median(
+            results,
+            "↳ control: max latency with no restart at all (1 run)",
+            &wrk_key(mode, "control_max_ms"),
+            Unit::Ms,
+            false,
+        );
+        t.median(
+            results,
+            "restarts completed per run",
+            &wrk_key(mode, "restarts"),
+            Unit::Count,
+            false,
+        );
+    }
+
+    t.section(&format!(
+        "Per-request client: {} connections × 1 request / {} ms, new connection each, {secs} s, SIGHUP every {period} s, `--interval=1` ({})",
+        plan.paced_connections,
+        plan.paced_period.as_millis(),
+        runs(plan.load_runs)
+    ));
+    t.median(results, "requests", s::PACED_REQUESTS, Unit::Count, false);
+    t.sums(
+        results,
+        "socket errors (refused, reset, incomplete, timeout)",
+        &[s::PACED_SOCKET_ERRORS.to_string()],
+    );
+    t.sums(
+        results,
+        "non-2xx responses",
+        &[s::PACED_NON_2XX.to_string()],
+    );
+    t.median(results, "p99 latency", s::PACED_P99, Unit::Ms, false);
+    t.median(results, "max latency", s::PACED_MAX, Unit::Ms, false);
+    t.median(
+        results,
+        "↳ of requests in flight within 100 ms after a SIGHUP or an old generation's TERM",
+        s::PACED_MAX_NEAR,
+        Unit::Ms,
+        false,
+    );
+    t.median(
+        results,
+        "↳ of all other requests",
+        s::PACED_MAX_ELSEWHERE,
+        Unit::Ms,
+        false,
+    );
+
+    t.section(&format!(
+        "Supervisor footprint, {} restarts at `--interval=0` ({})",
+        plan.restarts,
+        runs(plan.footprint_runs)
+    ));
+    t.median(results, "RSS after start", s::RSS_START, Unit::Mib, false);
+    t.median(
+        results,
+        &format!("RSS after {} restarts", plan.restarts),
+        s::RSS_AFTER,
+        Unit::Mib,
+        false,
+    );
+    t.median(
+        results,
+        "↳ of which anonymous (RssAnon)",
+        s::RSS_ANON_AFTER,
+        Unit::Kib,
+        false,
+    );
+    t.median(
+        results,
+        "↳ of which file-backed (RssFile)",
+        s::RSS_FILE_AFTER,
+        Unit::Kib,
+        false,
+    );
+    t.note(results, "↳ largest parts, KiB (first run)", s::RSS_MAPPINGS);
+    t.median(
+        results,
+        "PSS after the restarts (shared pages split among their users)",
+        s::PSS_AFTER,
+        Unit::Kib,
+        false,
+    );
+    t.median(
+        results,
+        "open fds after start",
+        s::FDS_BEFORE,
+        Unit::Count,
+        false,
+    );
+    t.median(
+        results,
+        &format!("open fds after {} restarts", plan.restarts),
+        s::FDS_AFTER,
+        Unit::Count,
+        false,
+    );
+    t.median(
+        results,
+        "CPU time (utime+stime) per restart",
+        s::CPU_PER_RESTART,
+        Unit::Ms,
+        false,
+    );
+    t.median(
+        results,
+        "on-CPU time per restart (/proc/PID/schedstat, ns resolution)",
+        s::SCHED_CPU_PER_RESTART,
+        Unit::Ms,
+        false,
+    );
+    t.median(
+        results,
+        "wall time per restart, HUP → new generation alone and answering (median of each run)",
+        s::TIME_PER_RESTART,
+        Unit::Ms,
+        false,
+    );
+    t.sums(
+        results,
+        "HUPs not acted on until another signal came (total)",
+        &[s::LOST_HUPS.to_string()],
+    );
+
+    t.section(&format!(
+        "Idle for {} s ({} instances each)",
+        plan.idle_duration.as_secs(),
+        plan.idle_instances
+    ));
+    t.median(
+        results,
+        "wake-ups (voluntary context switches)",
+        s::WAKEUPS,
+        Unit::Count,
+        false,
+    );
+    t.median(
+        results,
+        "↳ with `--enable-auto-restart`",
+        s::WAKEUPS_AUTO,
+        Unit::Count,
+        false,
+    );
+
+    t.section(&format!(
+        "HUP storm: {} SIGHUPs 1 ms apart, `--interval=1` ({})",
+        plan.storm_hups,
+        runs(plan.storm_runs)
+    ));
+    t.median(
+        results,
+        "first HUP → one generation left (for good)",
+        s::STORM_SETTLE,
+        Unit::Ms,
+        true,
+    );
+    t.median(
+        results,
+        "last HUP → one generation left (for good)",
+        s::STORM_SETTLE_FROM_LAST,
+        Unit::Ms,
+        true,
+    );
+    t.median(
+        results,
+        "generations started",
+        s::STORM_RESTARTS,
+        Unit::Count,
+        true,
+    );
+    t.median(
+        results,
+        "SIGTERM right after the storm → start_server exited",
+        s::STORM_TERM,
+        Unit::Ms,
+        true,
+    );
+    t
+}
+
+/// One target of the issue, judged on ours.
+struct Target {
+    goal: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn max_of(results: &Results, key: &str, who: Who) -> Option<f64> {
+    results.stats(key, who).map(|st| st.max)
+}
+
+fn sum_of(results: &Results, keys: &[String], who: Who) -> Option<f64> {
+    keys.iter()
+        .map(|k| results.stats(k, who).map(|st| st.sum))
+        .sum()
+}
+
+fn targets(results: &Results, plan: &Plan) -> Vec<Target> {
+    let ours = Who::Ours;
+    let mut list = Vec::new();
+    let mut socket_keys: Vec<String> = Vec::new();
+    let mut status_keys: Vec<String> = Vec::new();
+    for mode in [Mode::Close, Mode::KeepAlive] {
+        for k in ["connect", "read", "write", "timeout"] {
+            socket_keys.push(wrk_key(mode, k));
+        }
+        status_keys.push(wrk_key(mode, "status"));
+    }
+    socket_keys.push(s::PACED_SOCKET_ERRORS.to_string());
+    status_keys.push(s::PACED_NON_2XX.to_string());
+    let errors = sum_of(results, &socket_keys, ours);
+    list.push(Target {
+        goal: "zero socket errors under load across restarts".to_string(),
+        measured: errors.map_or("not measured".to_string(), |e| {
+            format!("{e:.0} in every wrk and per-request run")
+        }),
+        met: errors.map(|e| e == 0.0),
+    });
+    let non_2xx = sum_of(results, &status_keys, ours);
+    list.push(Target {
+        goal: "zero non-2xx responses under load across restarts".to_string(),
+        measured: non_2xx.map_or("not measured".to_string(), |e| format!("{e:.0}")),
+        met: non_2xx.map(|e| e == 0.0),
+    });
+
+    let overall = [
+        (Mode::Close.name(), wrk_key(Mode::Close, "max_ms")),
+        (Mode::KeepAlive.name(), wrk_key(Mode::KeepAlive, "max_ms")),
+        ("per-request client", s::PACED_MAX.to_string()),
+    ];
+    list.push(no_worse(
+        results,
+        "max request latency during restarts no worse than the reference's: the whole runs (medians, ms)",
+        &overall,
+    ));
+    let near = [("per-request client", s::PACED_MAX_NEAR.to_string())];
+    list.push(no_worse(
+        results,
+        "... and the requests in flight within 100 ms after each SIGHUP and each old generation's TERM (medians, ms)",
+        &near,
+    ));
+
+    let startup = results
+        .stats(s::STARTUP, ours)
+        .zip(results.stats(s::STARTUP, Who::Reference));
+    list.push(Target {
+        goal: "start-up at most a tenth of the reference's".to_string(),
+        measured: startup.map_or("not measured".to_string(), |(o, r)| {
+            format!(
+                "{} vs {} ms ({:.3}×)",
+                number(o.median),
+                number(r.median),
+                o.median / r.median
+            )
+        }),
+        met: startup.map(|(o, r)| o.median <= r.median / 10.0),
+    });
+
+    let rss = max_of(results, s::RSS_START, ours)
+        .zip(max_of(results, s::RSS_AFTER, ours))
+        .map(|(a, b)| a.max(b));
+    list.push(Target {
+        goal: "supervisor RSS under 2 MiB".to_string(),
+        measured: rss.map_or("not measured".to_string(), |kib| {
+            format!(
+                "at most {kib:.0} KiB ({:.2} MiB), after start and after {} restarts",
+                kib / 1024.0,
+                plan.restarts
+            )
+        }),
+        met: rss.map(|kib| kib < 2048.0),
+    });
+
+    let wake = max_of(results, s::WAKEUPS, ours).zip(max_of(results, s::WAKEUPS_AUTO, ours));
+    list.push(Target {
+        goal: "zero idle wake-ups, with auto-restart enabled too".to_string(),
+        measured: wake.map_or("not measured".to_string(), |(a, b)| {
+            format!(
+                "at most {a:.0} without, {b:.0} with auto-restart, in {} s",
+                plan.idle_duration.as_secs()
+            )
+        }),
+        met: wake.map(|(a, b)| a == 0.0 && b == 0.0),
+    });
+
+    let lag = max_of(results, s::RESTART_LAG, ours);
+    list.push(Target {
+        goal: "`--restart` returns within 50 ms after the old generation is gone".to_string(),
+        measured: lag.map_or("not measured".to_string(), |l| {
+            format!("at most {} ms", number(l))
+        }),
+        met: lag.map(|l| l <= 50.0),
+    });
+
+    let settle = results.stats(s::STORM_SETTLE, ours);
+    list.push(Target {
+        goal: format!(
+            "{} HUPs 1 ms apart settle into one new generation within `--interval` + 1 s (2 s, from the first HUP)",
+            plan.storm_hups
+        ),
+        measured: settle.map_or("not measured".to_string(), |st| {
+            format!("at most {}{} ms", if st.max_capped { ">" } else { "" }, number(st.max))
+        }),
+        met: settle.map(|st| !st.max_capped && st.max <= 2000.0),
+    });
+
+    let term = results.stats(s::STORM_TERM, ours);
+    list.push(Target {
+        goal: "a SIGTERM right after the storm is obeyed within 100 ms".to_string(),
+        measured: term.map_or("not measured".to_string(), |st| {
+            format!(
+                "at most {}{} ms",
+                if st.max_capped { ">" } else { "" },
+                number(st.max)
+            )
+        }),
+        met: term.map(|st| !st.max_capped && st.max <= 100.0),
+    });
+
+    let growth = results
+        .get(s::FDS_AFTER, ours)
+        .iter()
+        .zip(results.get(s::FDS_BEFORE, ours))
+        .map(|(a, b)| a.value - b.value)
+        .reduce(f64::max);
+    list.push(Target {
+        goal: format!("no fd growth over {} restarts", plan.restarts),
+        measured: growth.map_or("not measured".to_string(), |g| {
+            format!("at most {g:+.0} fds")
+        }),
+        met: growth.map(|g| g <= 0.0),
+    });
+    list
+}
+
+/// Ours no worse than the reference: each median of ours at most the
+/// reference's.
+fn no_worse(results: &Results, goal: &str, keys: &[(&str, String)]) -> Target {
+    let mut parts = Vec::new();
+    let mut met = Some(true);
+    for (name, key) in keys {
+        match (
+            results.stats(key, Who::Ours),
+            results.stats(key, Who::Reference),
+        ) {
+            (Some(o), Some(r)) => {
+                parts.push(format!(
+                    "{name}: {} vs {}",
+                    number(o.median),
+                    number(r.median)
+                ));
+                if o.median > r.median {
+                    met = Some(false);
+                }
+            }
+            _ => met = None,
+        }
+    }
+    Target {
+        goal: goal.to_string(),
+        measured: parts.join("; "),
+        met,
+    }
+}
+
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
+        Some(true) => "met",
+        Some(false) => "**missed**",
+        None => "not measured",
+    }
+}
+
+/// A target and whether ours met it (`None`: not measured).
+pub type Verdict = (String, Option<bool>);
+
+/// Writes `results.md` (and returns it), `samples.csv`, and the picture.
+pub fn write(
+    out: &Path,
+    raw: &Path,
+    header: &str,
+    results: &Results,
+    plan: &Plan,
+    paced: &[PacedRun],
+) -> Result<(String, Vec<Verdict>), String> {
+    let picture = if paced.is_empty() {
+        None
+    } else {
+        match plot(out, raw, paced, plan) {
+            Ok(path) => Some(path),
+            Err(e) => {
+                eprintln!("warning: no picture: {e}");
+                None
+            }
+        }
+    };
+    let mut md = String::new();
+    md.push_str(header);
+    md.push_str(&table(results, plan).markdown());
+    md.push_str("\n## Targets (ours)\n\n| target | measured | |\n|---|---|---|\n");
+    let targets = targets(results, plan);
+    for t in &targets {
+        let _ = writeln!(md, "| {} | {} | {} |", t.goal, t.measured, verdict(t.met));
+    }
+    if let Some(path) = picture {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let _ = write!(
+            md,
+            "\n## Per-request latency during restarts\n\n![per-request latency, ours and the reference]({name})\n"
+        );
+    }
+    fs::write(out.join("results.md"), &md).map_err(|e| format!("results.md: {e}"))?;
+    fs::write(raw.join("samples.csv"), results.to_csv()).map_err(|e| e.to_string())?;
+    let verdicts = targets.into_iter().map(|t| (t.goal, t.met)).collect();
+    Ok((md, verdicts))
+}
+
+/// The per-request latency of the paced runs over time, both on one pair of
+/// axes, the HUPs marked; gnuplot draws it from data files in `raw`.
+fn plot(out: &Path, raw: &Path, paced: &[PacedRun], plan: &Plan) -> Result<PathBuf, String> {
+    let mut series = String::new();
+    let mut arrows = String::new();
+    for PacedRun { who, records, hups } in paced.iter().rev() {
+        let ok_path = raw.join(format!("latency-{}.dat", who.name()));
+        let err_path = raw.join(format!("latency-{}-errors.dat", who.name()));
+        let (mut ok, mut errors) = (String::new(), String::new());
+        for r in records {
+            let line = format!(
+                "{:.6} {:.4}\n",
+                r.start.as_secs_f64(),
+                r.latency.as_secs_f64() * 1000.0
+            );
+            if r.outcome.is_socket_error() || !matches!(r.outcome, crate::http::Outcome::Ok { .. })
+            {
+                errors.push_str(&line);
+            } else {
+                ok.push_str(&line);
+            }
+        }
+        fs::write(&ok_path, ok).map_err(|e| e.to_string())?;
+        let (color, title) = match who {
+            Who::Ours => ("#601b9e77", "ours"),
+            _ => ("#60d95f02", "reference (Perl 0.35)"),
+        };
+        let _ = write!(
+            series,
+            "'{}' using 1:2 with points pt 7 ps 0.4 lc rgb '{color}' title '{title}', ",
+            ok_path.display()
+        );
+        if !errors.is_empty() {
+            fs::write(&err_path, errors).map_err(|e| e.to_string())?;
+            let _ = write!(
+                series,
+                "'{}' using 1:2 with points pt 2 ps 1.2 lc rgb '#c00000' title '{title}: failed request', ",
+                err_path.display()
+            );
+        }
+        if arrows.is_empty() {
+            for t in hups {
+                // The HUP, and the old generation's TERM an --interval later.
+                let _ = writeln!(
+                    arrows,
+                    "set arrow from {t:.3}, graph 0 to {t:.3}, graph 1 nohead dt 2 lc rgb '#777777'"
+                );
+                let _ = writeln!(
+                    arrows,
+                    "set arrow from {:.3}, graph 0 to {:.3}, graph 1 nohead dt 3 lc rgb '#999999'",
+                    t + 1.0,
+                    t + 1.0
+                );
+            }
+        }
+    }
+    let png = out.join("latency.png");
+    let script = format!(
+        "set terminal pngcairo size 1200,560 font 'sans,11' noenhanced\n\
+         set output '{}'\n\
+         set title 'Latency of each request while start_server restarts its worker every {} s with --interval=1 (dashed: SIGHUP; dotted: old generation sent TERM)'\n\
+         set xlabel 'time since the load started (s)'\n\
+         set ylabel 'request latency, new connection each (ms)'\n\
+         set logscale y\n\
+         set yrange [0.02:*]\n\
+         set grid ytics mytics lc rgb '#dddddd'\n\
+         set key top left opaque box\n\
+         set xrange [0:{}]\n\
+         {arrows}\
+         plot {}\n",
+        png.display(),
+        plan.hup_period.as_secs_f64(),
+        plan.load_duration.as_secs(),
+        series.trim_end_matches([',', ' '])
+    );
+    let script_path = raw.join("latency.gp");
+    fs::write(&script_path, script).map_err(|e| e.to_string())?;
+    let output = Command::new("gnuplot")
+        .arg(&script_path)
+        .output()
+        .map_err(|e| format!("gnuplot: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "gnuplot: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    Ok(png)
+}

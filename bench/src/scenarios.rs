@@ -1,0 +1,737 @@
+//! The measurements. Each runs ours and the reference in the same way,
+//! alternating which goes first from one run to the next, and adds its
+//! numbers to [`Results`] under the keys below.
+//!
+//! Every wait is bounded: a measurement that runs out of time is recorded
+//! as capped (the reference's HUP storm) or reported and skipped.
+
+use std::time::{Duration, Instant};
+
+use crate::http::{self, Outcome, Record};
+use crate::instance::{FAST_INTERVAL, INTERVAL, Instance, Setup, Who};
+use crate::procfs;
+use crate::results::Results;
+use crate::wrk::{self, Mode};
+
+pub const STARTUP: &str = "startup_ms";
+pub const SWITCH_FIRST: &str = "switch_first_request_ms";
+pub const SWITCH_STATUS: &str = "switch_status_ms";
+pub const RESTART_WALL: &str = "restart_command_ms";
+pub const RESTART_LAG: &str = "restart_after_old_gone_ms";
+pub const RSS_START: &str = "rss_start_kib";
+pub const RSS_AFTER: &str = "rss_after_restarts_kib";
+pub const RSS_ANON_AFTER: &str = "rss_anon_after_restarts_kib";
+pub const RSS_FILE_AFTER: &str = "rss_file_after_restarts_kib";
+pub const RSS_MAPPINGS: &str = "rss_largest_mappings";
+pub const PSS_AFTER: &str = "pss_after_restarts_kib";
+pub const FDS_BEFORE: &str = "fds_before";
+pub const FDS_AFTER: &str = "fds_after_restarts";
+pub const CPU_PER_RESTART: &str = "cpu_ms_per_restart";
+pub const SCHED_CPU_PER_RESTART: &str = "schedstat_cpu_ms_per_restart";
+pub const LOST_HUPS: &str = "hups_lost";
+pub const TIME_PER_RESTART: &str = "wall_ms_per_restart";
+pub const WAKEUPS: &str = "idle_wakeups";
+pub const WAKEUPS_AUTO: &str = "idle_wakeups_auto_restart";
+pub const STORM_SETTLE: &str = "storm_settle_ms";
+pub const STORM_SETTLE_FROM_LAST: &str = "storm_settle_after_last_hup_ms";
+pub const STORM_RESTARTS: &str = "storm_generations_started";
+pub const STORM_TERM: &str = "storm_term_exit_ms";
+pub const PACED_REQUESTS: &str = "paced_requests";
+pub const PACED_SOCKET_ERRORS: &str = "paced_socket_errors";
+pub const PACED_NON_2XX: &str = "paced_non_2xx";
+pub const PACED_P99: &str = "paced_p99_ms";
+pub const PACED_MAX: &str = "paced_max_ms";
+pub const PACED_MAX_NEAR: &str = "paced_max_near_restart_ms";
+pub const PACED_MAX_ELSEWHERE: &str = "paced_max_elsewhere_ms";
+
+/// The key of a wrk metric for a mode (`wrk_close_max_ms`).
+pub fn wrk_key(mode: Mode, what: &str) -> String {
+    format!("wrk_{}_{what}", mode.key())
+}
+
+/// How much of everything to do.
+pub struct Plan {
+    pub startup_runs: usize,
+    pub switch_runs: usize,
+    pub restart_runs: usize,
+    pub load_runs: usize,
+    pub load_duration: Duration,
+    pub hup_period: Duration,
+    pub paced_connections: usize,
+    pub paced_period: Duration,
+    pub footprint_runs: usize,
+    pub restarts: usize,
+    pub idle_instances: usize,
+    pub idle_duration: Duration,
+    pub storm_runs: usize,
+    pub storm_hups: usize,
+    pub storm_cap: Duration,
+}
+
+impl Plan {
+    pub fn full() -> Plan {
+        Plan {
+            startup_runs: 10,
+            switch_runs: 5,
+            restart_runs: 5,
+            load_runs: 3,
+            load_duration: Duration::from_secs(10),
+            hup_period: Duration::from_millis(1500),
+            paced_connections: 4,
+            paced_period: Duration::from_millis(2),
+            footprint_runs: 3,
+            restarts: 100,
+            idle_instances: 3,
+            idle_duration: Duration::from_secs(10),
+            storm_runs: 3,
+            storm_hups: 100,
+            storm_cap: Duration::from_secs(6),
+        }
+    }
+
+    /// A fast pass over everything, to check the harness itself.
+    pub fn quick() -> Plan {
+        Plan {
+            startup_runs: 2,
+            switch_runs: 1,
+            restart_runs: 1,
+            load_runs: 1,
+            load_duration: Duration::from_secs(4),
+            restarts: 20,
+            footprint_runs: 1,
+            idle_instances: 1,
+            idle_duration: Duration::from_secs(3),
+            storm_runs: 1,
+            storm_cap: Duration::from_secs(4),
+            ..Plan::full()
+        }
+    }
+}
+
+/// How long an instance may take to serve its first generation.
+const READY: Duration = Duration::from_secs(10);
+/// How long a supervisor may take to exit after SIGTERM before it is killed.
+const GRACE: Duration = Duration::from_secs(5);
+/// The storm counts as settled once one generation has stayed alone this
+/// long (a coalesced HUP shows one generation for an `--interval`, before
+/// the next one starts).
+const STORM_QUIET: Duration = Duration::from_millis(1500);
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn sleep_ms(n: u64) {
+    std::thread::sleep(Duration::from_millis(n));
+}
+
+fn interval_args(who: Who) -> &'static str {
+    if who == Who::OursFast {
+        FAST_INTERVAL
+    } else {
+        INTERVAL
+    }
+}
+
+fn start_ready(setup: &Setup, who: Who, tag: &str, args: &[&str]) -> Result<Instance, String> {
+    let instance = Instance::start(setup, who, tag, args)?;
+    instance.wait_ready(READY)?;
+    Ok(instance)
+}
+
+/// From the fork of start_server to the first response of its worker.
+pub fn startup(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    for run in 0..plan.startup_runs {
+        for who in Who::pair(run) {
+            let instance = Instance::start(setup, who, &format!("startup-{run}"), &[INTERVAL])?;
+            let deadline = instance.spawned_at + READY;
+            let took = loop {
+                match http::get(instance.port, Duration::from_secs(5)) {
+                    Outcome::Ok { .. } => break instance.spawned_at.elapsed(),
+                    // Not bound yet.
+                    Outcome::Refused if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_micros(100));
+                    }
+                    other => return Err(format!("start-up of {}: {other:?}", who.name())),
+                }
+            };
+            results.add(STARTUP, who, ms(took));
+            instance.stop(GRACE);
+        }
+    }
+    Ok(())
+}
+
+/// SIGHUP to the first response from the new generation, and to the status
+/// file listing it alone.
+pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let instances = [Who::Ours, Who::Reference, Who::OursFast]
+        .into_iter()
+        .map(|who| start_ready(setup, who, "switchover", &[interval_args(who)]))
+        .collect::<Result<Vec<_>, _>>()?;
+    for run in 0..plan.switch_runs {
+        let mut order: Vec<&Instance> = instances.iter().collect();
+        let n = order.len();
+        order.rotate_left(run % n);
+        for instance in order {
+            let (before, _) = instance.wait_ready(READY)?;
+            let start = Instant::now();
+            instance.signal(libc::SIGHUP);
+            let (mut first, mut alone) = (None, None);
+            while (first.is_none() || alone.is_none()) && start.elapsed() < READY {
+                if first.is_none()
+                    && let Outcome::Ok { generation } =
+                        http::get(instance.port, Duration::from_secs(2))
+                    && generation > before
+                {
+                    first = Some(start.elapsed());
+                }
+                if alone.is_none() && instance.single_generation().is_some_and(|g| g.0 > before) {
+                    alone = Some(start.elapsed());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            let who = instance.who;
+            match (first, alone) {
+                (Some(first), Some(alone)) => {
+                    results.add(SWITCH_FIRST, who, ms(first));
+                    results.add(SWITCH_STATUS, who, ms(alone));
+                }
+                _ => eprintln!("  switchover of {} did not complete", who.name()),
+            }
+        }
+    }
+    for instance in instances {
+        instance.stop(GRACE);
+    }
+    Ok(())
+}
+
+/// `start_server --restart`: its wall time, and how long after the old
+/// generation's exit it returns.
+pub fn restart_command(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let instances = [Who::Ours, Who::Reference, Who::OursFast]
+        .into_iter()
+        .map(|who| start_ready(setup, who, "restart", &[interval_args(who)]))
+        .collect::<Result<Vec<_>, _>>()?;
+    for run in 0..plan.restart_runs {
+        let mut order: Vec<&Instance> = instances.iter().collect();
+        let n = order.len();
+        order.rotate_left(run % n);
+        for instance in order {
+            let who = instance.who;
+            let (_, old_pid) = instance.wait_ready(READY)?;
+            let log =
+                std::fs::File::create(setup.log(&format!("restart-{run}-{}.client", who.name())))
+                    .map_err(|e| e.to_string())?;
+            let start = Instant::now();
+            let mut client = std::process::Command::new(setup.binary(who))
+                .arg("--restart")
+                .arg(format!("--pid-file={}", instance.pid_file.display()))
+                .arg(format!("--status-file={}", instance.status_file.display()))
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .map_err(|e| format!("--restart: {e}"))?;
+            let mut gone = None;
+            let done = loop {
+                if gone.is_none() && procfs::has_exited(old_pid) {
+                    gone = Some(start.elapsed());
+                }
+                match client.try_wait() {
+                    Ok(Some(status)) => break Some((start.elapsed(), status)),
+                    Ok(None) if start.elapsed() < Duration::from_secs(15) => {
+                        std::thread::sleep(Duration::from_micros(500));
+                    }
+                    _ => break None,
+                }
+            };
+            let gone = gone.or_else(|| procfs::has_exited(old_pid).then(|| start.elapsed()));
+            match (done, gone) {
+                (Some((done, status)), Some(gone)) if status.success() => {
+                    results.add(RESTART_WALL, who, ms(done));
+                    results.add(RESTART_LAG, who, ms(done.saturating_sub(gone)));
+                }
+                (Some((_, status)), gone) => eprintln!(
+                    "  --restart of {}: {status}, old worker gone: {}",
+                    who.name(),
+                    gone.is_some()
+                ),
+                (None, _) => {
+                    let _ = client.kill();
+                    let _ = client.wait();
+                    eprintln!("  --restart of {} did not return in 15 s", who.name());
+                }
+            }
+        }
+    }
+    for instance in instances {
+        instance.stop(GRACE);
+    }
+    Ok(())
+}
+
+/// SIGHUP every `period` while `duration` lasts (measured from `start`);
+/// the times sent, in seconds from `start`.
+fn hup_every(
+    instance: &Instance,
+    period: Duration,
+    duration: Duration,
+    start: Instant,
+) -> Vec<f64> {
+    let mut sent = Vec::new();
+    let mut next = start + period;
+    while next < start + duration {
+        let now = Instant::now();
+        if next > now {
+            std::thread::sleep(next - now);
+        }
+        instance.signal(libc::SIGHUP);
+        sent.push((Instant::now() - start).as_secs_f64());
+        next += period;
+    }
+    sent
+}
+
+/// How many restarts the instance went through (generations after the first).
+fn restarts_done(instance: &Instance) -> u64 {
+    instance
+        .generations()
+        .and_then(|g| g.last().map(|(generation, _)| generation - 1))
+        .unwrap_or(0)
+}
+
+/// wrk for `load_duration`, both modes, while a HUP comes every
+/// `hup_period`; then, as a control, one run of each without any restart:
+/// what the latency looks like when the supervisor does nothing at all.
+pub fn load(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    for run in 0..plan.load_runs {
+        // Which goes first alternates with the mode too, so that each gets
+        // each position equally often.
+        for (m, mode) in [Mode::Close, Mode::KeepAlive].into_iter().enumerate() {
+            for who in Who::pair(run + m) {
+                let s = wrk_run(
+                    setup,
+                    plan,
+                    who,
+                    mode,
+                    &format!("load-{}-{run}", mode.key()),
+                    true,
+                )?;
+                let values = [
+                    ("rps", s.summary.requests_per_second()),
+                    ("connect", s.summary.connect_errors as f64),
+                    ("read", s.summary.read_errors as f64),
+                    ("write", s.summary.write_errors as f64),
+                    ("timeout", s.summary.timeouts as f64),
+                    ("status", s.summary.status_errors as f64),
+                    ("p99_ms", s.summary.p99_ms),
+                    ("max_ms", s.summary.max_ms),
+                    ("restarts", s.restarts as f64),
+                ];
+                for (what, value) in values {
+                    results.add(&wrk_key(mode, what), who, value);
+                }
+            }
+        }
+    }
+    for (m, mode) in [Mode::Close, Mode::KeepAlive].into_iter().enumerate() {
+        for who in Who::pair(m) {
+            let s = wrk_run(
+                setup,
+                plan,
+                who,
+                mode,
+                &format!("control-{}", mode.key()),
+                false,
+            )?;
+            results.add(&wrk_key(mode, "control_p99_ms"), who, s.summary.p99_ms);
+            results.add(&wrk_key(mode, "control_max_ms"), who, s.summary.max_ms);
+        }
+    }
+    Ok(())
+}
+
+struct WrkRun {
+    summary: wrk::Summary,
+    restarts: u64,
+}
+
+/// One wrk run against a fresh instance, with a HUP every `hup_period` if
+/// `restart`.
+fn wrk_run(
+    setup: &Setup,
+    plan: &Plan,
+    who: Who,
+    mode: Mode,
+    tag: &str,
+    restart: bool,
+) -> Result<WrkRun, String> {
+    let instance = start_ready(setup, who, tag, &[INTERVAL])?;
+    let wrk = wrk::start(
+        setup,
+        instance.port,
+        mode,
+        plan.load_duration,
+        &format!("{tag}-{}", who.name()),
+    )?;
+    let hups = if restart {
+        hup_every(
+            &instance,
+            plan.hup_period,
+            plan.load_duration,
+            Instant::now(),
+        )
+    } else {
+        Vec::new()
+    };
+    let summary = wrk.finish();
+    if restart {
+        // The last restart completes an --interval after its HUP.
+        sleep_ms(1200);
+    }
+    let restarts = restarts_done(&instance);
+    instance.stop(GRACE);
+    let s = summary?;
+    eprintln!(
+        "  {:9} {:26} {:8.0} req/s  errors c/r/w/t {}/{}/{}/{}  status {}  p99 {:.2} ms  max {:.2} ms  ({} HUPs, {restarts} restarts)",
+        who.name(),
+        mode.name(),
+        s.requests_per_second(),
+        s.connect_errors,
+        s.read_errors,
+        s.write_errors,
+        s.timeouts,
+        s.status_errors,
+        s.p99_ms,
+        s.max_ms,
+        hups.len()
+    );
+    Ok(WrkRun {
+        summary: s,
+        restarts,
+    })
+}
+
+/// Every request of one paced run, and when the HUPs went (seconds from
+/// the start of the load).
+pub struct PacedRun {
+    pub who: Who,
+    pub records: Vec<Record>,
+    pub hups: Vec<f64>,
+}
+
+/// After a SIGHUP and after the old generation's TERM (an `--interval`
+/// later), the window in which a request counts as "near a restart event".
+const NEAR_EVENT: Duration = Duration::from_millis(100);
+
+/// The paced client, `load_runs` runs each, every request recorded. Returns
+/// the first run of each start_server: the data of the latency picture.
+pub fn paced(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<Vec<PacedRun>, String> {
+    let mut picture = Vec::new();
+    for run in 0..plan.load_runs {
+        for who in Who::pair(run) {
+            let instance = start_ready(setup, who, &format!("paced-{run}"), &[INTERVAL])?;
+            let start = Instant::now();
+            let (records, hups) = std::thread::scope(|scope| {
+                let port = instance.port;
+                let load = scope.spawn(move || {
+                    http::paced_load(
+                        port,
+                        plan.paced_connections,
+                        plan.paced_period,
+                        plan.load_duration,
+                        start,
+                    )
+                });
+                let hups = hup_every(&instance, plan.hup_period, plan.load_duration, start);
+                (load.join().unwrap_or_default(), hups)
+            });
+            sleep_ms(1200);
+            instance.stop(GRACE);
+            record_paced(results, who, &records, &hups);
+            if run == 0 {
+                picture.push(PacedRun { who, records, hups });
+            }
+        }
+    }
+    Ok(picture)
+}
+
+fn record_paced(results: &mut Results, who: Who, records: &[Record], hups: &[f64]) {
+    let percentile = |mut v: Vec<f64>, p: usize| {
+        v.sort_by(f64::total_cmp);
+        v.get((v.len() * p / 100).min(v.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let latencies: Vec<f64> = records.iter().map(|r| ms(r.latency)).collect();
+    let p99 = percentile(latencies.clone(), 99);
+    let max = percentile(latencies, 100);
+    // Restart events: each HUP, and the old generation's TERM an
+    // --interval (1 s) later. A request is near one when it was in flight
+    // during the NEAR_EVENT after it.
+    let events: Vec<f64> = hups.iter().flat_map(|&h| [h, h + 1.0]).collect();
+    let near = |r: &Record| {
+        let (begin, end) = (r.start.as_secs_f64(), (r.start + r.latency).as_secs_f64());
+        events
+            .iter()
+            .any(|&e| begin < e + NEAR_EVENT.as_secs_f64() && end > e)
+    };
+    let max_where = |want: bool| {
+        records
+            .iter()
+            .filter(|r| near(r) == want)
+            .map(|r| ms(r.latency))
+            .fold(0.0, f64::max)
+    };
+    let socket_errors = records
+        .iter()
+        .filter(|r| r.outcome.is_socket_error())
+        .count();
+    let non_2xx = records
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Status(_)))
+        .count();
+    eprintln!(
+        "  {:9} {} requests, {socket_errors} socket errors, {non_2xx} non-2xx, p99 {p99:.2} ms, max {max:.2} ms (near restart events {:.2} ms, elsewhere {:.2} ms)",
+        who.name(),
+        records.len(),
+        max_where(true),
+        max_where(false)
+    );
+    results.add(PACED_REQUESTS, who, records.len() as f64);
+    results.add(PACED_SOCKET_ERRORS, who, socket_errors as f64);
+    results.add(PACED_NON_2XX, who, non_2xx as f64);
+    results.add(PACED_P99, who, p99);
+    results.add(PACED_MAX, who, max);
+    results.add(PACED_MAX_NEAR, who, max_where(true));
+    results.add(PACED_MAX_ELSEWHERE, who, max_where(false));
+}
+
+/// RSS, descriptors and CPU time of the supervisor around `restarts`
+/// restarts, each waited for (HUP, then the new generation alone in the
+/// status file and answering). `--interval=0` for both, so that the restarts
+/// go as fast as each supervisor allows.
+///
+/// The reference sometimes does not act on a HUP sent right after a restart
+/// completed: Perl defers signal handlers to its next safe point, and a
+/// signal that lands between its last check and the wait(2) it blocks in is
+/// only handled when the next signal or child exit wakes it. After a second
+/// without progress the harness wakes it with SIGALRM (which it catches and
+/// ignores) and counts the HUP as lost.
+pub fn footprint(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    for run in 0..plan.footprint_runs {
+        for who in Who::pair(run) {
+            let instance = start_ready(setup, who, &format!("footprint-{run}"), &["--interval=0"])?;
+            sleep_ms(300);
+            let pid = instance.pid;
+            let io = |e: std::io::Error| format!("/proc/{pid}: {e}");
+            let before = procfs::status(pid).map_err(io)?;
+            let fds_before = procfs::fd_count(pid).map_err(io)?;
+            let cpu_before = procfs::cpu_seconds(pid).map_err(io)?;
+            let sched_before = procfs::cpu_seconds_precise(pid).map_err(io)?;
+            let mut each = Vec::with_capacity(plan.restarts);
+            let mut lost = 0;
+            for _ in 0..plan.restarts {
+                let Some((generation, _)) = instance.single_generation() else {
+                    break;
+                };
+                let start = Instant::now();
+                instance.signal(libc::SIGHUP);
+                let mut done = instance.wait_generation_after(generation, Duration::from_secs(1));
+                if done.is_err() && who == Who::Reference {
+                    lost += 1;
+                    instance.signal(libc::SIGALRM);
+                    done = instance.wait_generation_after(generation, Duration::from_secs(4));
+                }
+                if let Err(e) = done {
+                    eprintln!("  {e}");
+                    describe_stall(&instance);
+                    break;
+                }
+                each.push(ms(start.elapsed()));
+            }
+            sleep_ms(300);
+            let after = procfs::status(pid).map_err(io)?;
+            let mappings = procfs::rss_by_mapping(pid).map_err(io)?;
+            let largest: Vec<String> = mappings
+                .iter()
+                .take(5)
+                .map(|(name, kib)| format!("{name} {kib}"))
+                .collect();
+            results.note(RSS_MAPPINGS, who, largest.join(", "));
+            let fds_after = procfs::fd_count(pid).map_err(io)?;
+            let cpu_after = procfs::cpu_seconds(pid).map_err(io)?;
+            let sched_after = procfs::cpu_seconds_precise(pid).map_err(io)?;
+            instance.stop(GRACE);
+            if each.len() < plan.restarts {
+                eprintln!(
+                    "  {}: only {} of {} restarts completed",
+                    who.name(),
+                    each.len(),
+                    plan.restarts
+                );
+                continue;
+            }
+            let n = plan.restarts as f64;
+            each.sort_by(f64::total_cmp);
+            results.add(RSS_START, who, before.rss_kib as f64);
+            results.add(RSS_AFTER, who, after.rss_kib as f64);
+            results.add(RSS_ANON_AFTER, who, after.rss_anon_kib as f64);
+            results.add(RSS_FILE_AFTER, who, after.rss_file_kib as f64);
+            results.add(PSS_AFTER, who, after.pss_kib as f64);
+            results.add(FDS_BEFORE, who, fds_before as f64);
+            results.add(FDS_AFTER, who, fds_after as f64);
+            results.add(CPU_PER_RESTART, who, (cpu_after - cpu_before) * 1000.0 / n);
+            results.add(
+                SCHED_CPU_PER_RESTART,
+                who,
+                (sched_after - sched_before) * 1000.0 / n,
+            );
+            results.add(TIME_PER_RESTART, who, each[each.len() / 2]);
+            results.add(LOST_HUPS, who, lost as f64);
+        }
+    }
+    Ok(())
+}
+
+/// What the supervisor and its children are doing, for a restart that did
+/// not complete.
+fn describe_stall(instance: &Instance) {
+    eprintln!(
+        "  status file: {:?}\n  supervisor {}: {}",
+        std::fs::read_to_string(&instance.status_file).unwrap_or_default(),
+        instance.pid,
+        procfs::signal_state(instance.pid)
+    );
+    let children = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", instance.pid))
+        .unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        eprintln!("  child {child}: {}", procfs::signal_state(child));
+    }
+}
+
+/// Voluntary context switches of idle supervisors (every instance at once:
+/// they are idle), without and with `--enable-auto-restart`.
+pub fn idle(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let mut instances = Vec::new();
+    for i in 0..plan.idle_instances {
+        for who in Who::pair(i) {
+            for auto in [false, true] {
+                let mut args = vec![INTERVAL];
+                if auto {
+                    args.push("--enable-auto-restart");
+                }
+                let tag = format!("idle-{i}{}", if auto { "-auto" } else { "" });
+                instances.push((Instance::start(setup, who, &tag, &args)?, auto));
+            }
+        }
+    }
+    for (instance, _) in &instances {
+        instance.wait_ready(READY)?;
+    }
+    sleep_ms(1000);
+    let switches = |instances: &[(Instance, bool)]| {
+        instances
+            .iter()
+            .map(|(i, _)| procfs::status(i.pid).map(|s| s.voluntary_switches))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("/proc: {e}"))
+    };
+    let before = switches(&instances)?;
+    std::thread::sleep(plan.idle_duration);
+    let after = switches(&instances)?;
+    for (((instance, auto), b), a) in instances.iter().zip(before).zip(after) {
+        let key = if *auto { WAKEUPS_AUTO } else { WAKEUPS };
+        results.add(key, instance.who, (a - b) as f64);
+    }
+    for (instance, _) in instances {
+        instance.stop(GRACE);
+    }
+    Ok(())
+}
+
+/// Sends `n` HUPs 1 ms apart, on a fixed schedule from `start` (so that
+/// sleeping late does not stretch the storm); the time the last one went.
+fn hup_storm(instance: &Instance, n: usize, start: Instant) -> Duration {
+    for i in 0..n {
+        let due = start + Duration::from_millis(i as u64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        instance.signal(libc::SIGHUP);
+    }
+    start.elapsed()
+}
+
+/// `storm_hups` HUPs 1 ms apart: the time until one generation remains for
+/// good; then, in a fresh instance, a SIGTERM right after such a storm.
+pub fn storm(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    for run in 0..plan.storm_runs {
+        let mut order = Who::pair(run).to_vec();
+        order.push(Who::OursFast);
+        for who in order {
+            let tag = format!("storm-{run}");
+            let instance = start_ready(setup, who, &tag, &[interval_args(who)])?;
+            let (before, _) = instance.wait_ready(READY)?;
+            let start = Instant::now();
+            let last_hup = hup_storm(&instance, plan.storm_hups, start);
+            // Since when the status file has listed this one new generation.
+            let mut alone_since: Option<(u64, Duration)> = None;
+            let mut newest = before;
+            let settled = loop {
+                let now = start.elapsed();
+                let generations = instance.generations().unwrap_or_default();
+                newest = newest.max(generations.last().map_or(0, |g| g.0));
+                match generations.as_slice() {
+                    [(generation, _)] if *generation > before => {
+                        let (_, since) = match alone_since {
+                            Some((g, since)) if g == *generation => (g, since),
+                            _ => *alone_since.insert((*generation, now)),
+                        };
+                        if now - since >= STORM_QUIET {
+                            break Some(since);
+                        }
+                    }
+                    _ => alone_since = None,
+                }
+                if now >= plan.storm_cap + STORM_QUIET {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_micros(500));
+            };
+            let cap = ms(plan.storm_cap + STORM_QUIET);
+            match settled {
+                Some(at) => {
+                    results.add(STORM_SETTLE, who, ms(at));
+                    results.add(STORM_SETTLE_FROM_LAST, who, ms(at.saturating_sub(last_hup)));
+                }
+                None => {
+                    results.add_capped(STORM_SETTLE, who, cap);
+                    results.add_capped(STORM_SETTLE_FROM_LAST, who, cap - ms(last_hup));
+                }
+            }
+            results.add(STORM_RESTARTS, who, (newest - before) as f64);
+            instance.stop(Duration::from_secs(2));
+
+            let mut instance = start_ready(
+                setup,
+                who,
+                &format!("storm-term-{run}"),
+                &[interval_args(who)],
+            )?;
+            hup_storm(&instance, plan.storm_hups, Instant::now());
+            instance.signal(libc::SIGTERM);
+            let limit = Duration::from_secs(3);
+            match instance.wait_exit(limit) {
+                Some(took) => results.add(STORM_TERM, who, ms(took)),
+                None => results.add_capped(STORM_TERM, who, ms(limit)),
+            }
+            drop(instance);
+        }
+    }
+    Ok(())
+}
