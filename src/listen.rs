@@ -317,8 +317,10 @@ pub fn bind_all(
                 bound.fd = dup_onto(&bound.fd, pin).with_context(|| {
                     format!("failed to move the socket of {spec} to file descriptor {pin}")
                 })?;
-                log_line!("socket is duplicated to file descriptor {pin}");
             }
+            // Logged even when the socket already had that number, as the
+            // reference does (it then closes the socket by mistake; we don't).
+            log_line!("socket is duplicated to file descriptor {pin}");
         }
         sockets.bound.push(bound);
     }

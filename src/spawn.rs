@@ -153,13 +153,14 @@ pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Resu
     }
     let failure = (got == report.len()).then(|| {
         let errno = i32::from_ne_bytes([report[1], report[2], report[3], report[4]]);
-        let error = std::io::Error::from_raw_os_error(errno);
+        let error = Errno::from_raw(errno).desc();
         let name = program
             .first()
             .map(|p| p.to_string_lossy())
             .unwrap_or_default();
+        // The reference's texts; exec's gets the separator it lacks.
         match (report[0], dir) {
-            (b'C', Some(d)) => format!("failed to chdir:{}: {error}", d.display()),
+            (b'C', Some(d)) => format!("failed to chdir:{}:{error}", d.display()),
             _ => format!("failed to exec {name}: {error}"),
         }
     });

@@ -43,6 +43,11 @@ const RETRY_GAP: Duration = Duration::from_millis(100);
 const HUP_SETTLE: Duration = Duration::from_millis(10);
 const HUP_SETTLE_MAX: Duration = Duration::from_millis(250);
 
+/// Old workers just signalled get this long to exit before a *forced*
+/// auto-restart may trigger (the reference looks once a second), so that a
+/// worker exiting promptly leads to the plain auto-restart, as there.
+const OLD_EXIT_GRACE: Duration = Duration::from_secs(1);
+
 /// HUPs not yet acted on: when the first and the last arrived.
 #[derive(Debug, Clone, Copy)]
 struct HupBurst {
@@ -168,6 +173,8 @@ struct Supervisor {
     old: Vec<Worker>,
     starting: Option<Start>,
     kill_at: Option<Instant>,
+    /// When old workers were last signalled.
+    killed_at: Option<Instant>,
     /// HUPs received and not yet carried out as a restart.
     restart_pending: Option<HupBurst>,
     last_restart: Instant,
@@ -199,6 +206,7 @@ impl Supervisor {
                 not_before: now,
             }),
             kill_at: None,
+            killed_at: None,
             restart_pending: None,
             last_restart: now,
             status: config.status_file.map(StatusFile::new),
@@ -411,6 +419,7 @@ impl Supervisor {
 
     fn kill_old_workers(&mut self) {
         self.kill_at = None;
+        self.killed_at = Some(Instant::now());
         log_line!("killing old workers");
         for w in &self.old {
             let _ = kill(Pid::from_raw(w.pid), self.signal_on_hup.signal);
@@ -435,13 +444,22 @@ impl Supervisor {
         let elapsed = now.saturating_duration_since(self.last_restart);
         if elapsed >= period.duration() && self.old.is_empty() {
             Some(format!("autorestart triggered (interval={})", period.text))
-        } else if elapsed >= period.duration().saturating_mul(2) {
+        } else if now >= self.forced_restart_at(period.duration()) {
             Some(format!(
                 "autorestart triggered (forced, interval={})",
                 period.text
             ))
         } else {
             None
+        }
+    }
+
+    /// When an auto-restart is due even though old workers remain.
+    fn forced_restart_at(&self, period: Duration) -> Instant {
+        let due = self.last_restart + period.saturating_mul(2);
+        match self.killed_at {
+            Some(killed) => due.max(killed + OLD_EXIT_GRACE),
+            None => due,
         }
     }
 
@@ -458,8 +476,11 @@ impl Supervisor {
         } else if let Some(burst) = self.restart_pending {
             deadlines.push(burst.due());
         } else if let Some(period) = &self.settings.auto_restart {
-            let factor = if self.old.is_empty() { 1 } else { 2 };
-            deadlines.push(self.last_restart + period.duration().saturating_mul(factor));
+            deadlines.push(if self.old.is_empty() {
+                self.last_restart + period.duration()
+            } else {
+                self.forced_restart_at(period.duration())
+            });
         }
         if let Some(watch) = &self.envdir_watch {
             deadlines.extend(watch.next_poll());
