@@ -354,7 +354,7 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         match parsed.text(name)? {
             Some(v) => SignalName::parse(v)
                 .map_err(|e| anyhow::anyhow!("invalid --{name} value {v:?}: {e}")),
-            None => SignalName::parse("TERM").map_err(anyhow::Error::msg),
+            None => Ok(SignalName::term()),
         }
     };
     let backlog = match parsed.text("backlog")? {

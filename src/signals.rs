@@ -132,6 +132,14 @@ pub struct SignalName {
 }
 
 impl SignalName {
+    /// SIGTERM, the default of both `--signal-on-*` options.
+    pub fn term() -> SignalName {
+        SignalName {
+            signal: Signal::SIGTERM,
+            name: "TERM".to_string(),
+        }
+    }
+
     /// Accepts `TERM`, `term`, `SIGTERM`, `sigterm` or a number.
     pub fn parse(text: &str) -> Result<SignalName, String> {
         let upper = text.trim().to_ascii_uppercase();

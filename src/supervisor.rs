@@ -526,7 +526,7 @@ impl Supervisor {
         let signal = if received == Signal::SIGTERM {
             self.signal_on_term.clone()
         } else {
-            SignalName::parse("TERM").unwrap_or_else(|_| self.signal_on_term.clone())
+            SignalName::term()
         };
         // A generation in its start check counts as started (the reference
         // ends the check on TERM/INT and lists it in the status file).
