@@ -11,6 +11,7 @@ mod daemon;
 mod envdir;
 #[cfg(test)]
 mod fuzz;
+mod lifecycle;
 mod listen;
 mod log;
 mod pidfile;

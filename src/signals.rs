@@ -173,11 +173,6 @@ impl fmt::Display for SignalName {
     }
 }
 
-/// The name of a signal without `SIG`, as log lines print it.
-pub fn short_name(signal: Signal) -> &'static str {
-    signal.as_str().trim_start_matches("SIG")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

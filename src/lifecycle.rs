@@ -1,0 +1,738 @@
+//! The supervisor's decisions: a pure state machine.
+//!
+//! [`Lifecycle`] owns the generations (the current worker, the old ones, the
+//! generation being started), the HUP and auto-restart bookkeeping and the
+//! shutdown. The shell (`supervisor.rs`) feeds it [`Event`]s with the time
+//! they happened at, carries out the [`Action`]s it returns, and sleeps
+//! until [`Lifecycle::next_deadline`].
+//!
+//! Invariant: nothing here reads a clock, makes a system call or writes a
+//! log. Time is a [`Time`] given by the caller, so the same code runs under
+//! the real clock and under the simulation's fake one (`tests` below and
+//! `src/simulation.rs`), where every rule is checked without processes.
+//!
+//! The timing ladder (what is due next, and when) is written once, in
+//! [`Lifecycle::due`]: `next_deadline` reports it, `advance` carries it out.
+
+use std::time::Duration;
+
+use crate::settings::Settings;
+
+/// Monotonic time since the supervisor started.
+pub type Time = Duration;
+
+/// Spawns are never closer than this, even with `--interval=0`, so that a
+/// broken worker cannot become a fork loop and a storm of HUPs becomes a
+/// handful of restarts.
+pub const RETRY_GAP: Duration = Duration::from_millis(100);
+
+/// The spawns of restarts asked for by HUP are at least this far apart. A
+/// lone HUP is acted on at once; a storm of them (a deploy tool looping
+/// over hosts, an operator's loop) becomes a few restarts, the last of
+/// which spawns after the last HUP, even with `--interval=0`: HUPs that
+/// come while a restart waits for its spawn are answered by that spawn.
+pub const HUP_GAP: Duration = Duration::from_millis(250);
+
+/// Old workers just signalled get this long to exit before a *forced*
+/// auto-restart may trigger (the reference looks once a second), so that a
+/// worker exiting promptly leads to the plain auto-restart, as there.
+pub const OLD_EXIT_GRACE: Duration = Duration::from_secs(1);
+
+/// A signal to send, with the name log lines print for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sig {
+    pub number: i32,
+    pub name: String,
+}
+
+/// What the command line fixes for the whole run.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `--interval`: how long a new worker must live to count as started.
+    pub interval: Duration,
+    /// `--signal-on-hup`: sent to old workers after a restart.
+    pub signal_on_hup: Sig,
+    /// `--signal-on-term`: sent to every worker on SIGTERM.
+    pub signal_on_term: Sig,
+    /// SIGTERM itself: sent to every worker on SIGINT.
+    pub term: Sig,
+}
+
+/// The signals that end the supervisor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    Term,
+    Int,
+}
+
+/// Something that happened, fed to [`Lifecycle::step`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// Only time passed (a deadline was reached).
+    Tick,
+    /// SIGHUP.
+    Hup,
+    /// SIGTERM or SIGINT.
+    Stop(Stop),
+    /// A child exited; `status` is the raw wait status (Perl's `$?`).
+    ChildExited { pid: i32, status: i32 },
+    /// The answer to [`Action::Spawn`]: the child's pid, and the message
+    /// when its chdir or exec failed (it is then exiting with 255).
+    Spawned { pid: i32, failure: Option<String> },
+    /// The answer to [`Action::Spawn`] when no child could be forked.
+    SpawnFailed { error: String },
+    /// The settings re-read from the environment and the envdir.
+    Settings(Settings),
+}
+
+/// Something to do, returned by [`Lifecycle::step`] in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this line to the log.
+    Log(String),
+    /// Fork and exec a worker as this generation, then feed back
+    /// [`Event::Spawned`] or [`Event::SpawnFailed`] before anything else.
+    /// Always the last action of a step.
+    Spawn { generation: u64 },
+    /// Send `signal` to `pid`.
+    Kill { pid: i32, signal: Sig },
+    /// Replace the status file with these `(generation, pid)` pairs, sorted
+    /// by generation.
+    WriteStatus(Vec<(u64, i32)>),
+    /// Every worker is gone after TERM or INT: tear down and exit.
+    Exit,
+}
+
+/// A worker process and the generation it was started as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Worker {
+    pub pid: i32,
+    pub generation: u64,
+}
+
+/// Why a generation is being started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Initial,
+    Crash,
+    Restart,
+}
+
+/// A generation being started.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Start {
+    pub reason: Reason,
+    pub phase: Phase,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Not spawned yet; not before this time (nor within [`RETRY_GAP`] of
+    /// the last spawn).
+    Waiting { not_before: Time },
+    /// [`Action::Spawn`] was returned; its answer has not come yet.
+    Spawning { generation: u64 },
+    /// Spawned, in its `--interval` start check.
+    Checking(Attempt),
+}
+
+/// A spawned worker in its start check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Attempt {
+    pub worker: Worker,
+    pub started: Time,
+    /// Its wait status, once it exited.
+    pub exit: Option<i32>,
+    /// Its chdir or exec failed: it is exiting, and the check waits for
+    /// its exit whatever the interval.
+    pub doomed: bool,
+}
+
+/// What [`Lifecycle::due`] found to be next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    Spawn,
+    Check,
+    KillOld,
+    Hup,
+    AutoRestart { forced: bool },
+}
+
+/// The supervisor's state.
+#[derive(Debug, Clone)]
+pub struct Lifecycle {
+    config: Config,
+    settings: Settings,
+    /// The last generation number given out.
+    generation: u64,
+    current: Option<Worker>,
+    old: Vec<Worker>,
+    start: Option<Start>,
+    /// When the old workers are to be signalled after a restart.
+    kill_at: Option<Time>,
+    /// When old workers were last signalled.
+    killed_at: Option<Time>,
+    /// A HUP came that no spawn begun since has answered.
+    hup_pending: bool,
+    /// When the last restart asked for by HUP began.
+    hup_restart_at: Option<Time>,
+    last_restart: Time,
+    last_spawn: Option<Time>,
+    /// TERM or INT was received: the workers still to exit.
+    stopping: Option<Vec<Worker>>,
+    exited: bool,
+}
+
+impl Lifecycle {
+    /// The state at start-up: the first generation is to be started now.
+    pub fn new(config: Config, settings: Settings, now: Time) -> Lifecycle {
+        Lifecycle {
+            config,
+            settings,
+            generation: 0,
+            current: None,
+            old: Vec::new(),
+            start: Some(Start {
+                reason: Reason::Initial,
+                phase: Phase::Waiting { not_before: now },
+            }),
+            kill_at: None,
+            killed_at: None,
+            hup_pending: false,
+            hup_restart_at: None,
+            last_restart: now,
+            last_spawn: None,
+            stopping: None,
+            exited: false,
+        }
+    }
+
+    /// The current worker, once one has passed its start check.
+    pub fn current(&self) -> Option<Worker> {
+        self.current
+    }
+
+    /// Workers of earlier generations that have not exited yet.
+    #[cfg(test)]
+    pub fn old_workers(&self) -> &[Worker] {
+        &self.old
+    }
+
+    /// The generation being started, if any.
+    #[cfg(test)]
+    pub fn start(&self) -> Option<&Start> {
+        self.start.as_ref()
+    }
+
+    /// The workers still to exit after TERM or INT, once one came.
+    #[cfg(test)]
+    pub fn stopping(&self) -> Option<&[Worker]> {
+        self.stopping.as_deref()
+    }
+
+    pub fn exited(&self) -> bool {
+        self.exited
+    }
+
+    #[cfg(test)]
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// What the status file lists: the current and the old workers.
+    pub fn status_entries(&self) -> Vec<(u64, i32)> {
+        let mut entries: Vec<(u64, i32)> = match &self.stopping {
+            Some(remaining) => remaining.iter().map(|w| (w.generation, w.pid)).collect(),
+            None => self
+                .current
+                .iter()
+                .chain(&self.old)
+                .map(|w| (w.generation, w.pid))
+                .collect(),
+        };
+        entries.sort_unstable();
+        entries
+    }
+
+    /// Handles `event` at `now`.
+    ///
+    /// What was observed (a signal, a child's exit, new settings) is only
+    /// recorded: the shell feeds everything it observed in one turn, then
+    /// [`Event::Tick`], which carries out what is due, so that decisions
+    /// see the whole turn (a worker that exited at the last moment of its
+    /// start check counts). The answers to [`Action::Spawn`] are carried
+    /// on at once, as part of the step that asked for them.
+    pub fn step(&mut self, event: Event, now: Time) -> Vec<Action> {
+        let mut out = Vec::new();
+        if self.exited {
+            return out;
+        }
+        let decide = matches!(
+            event,
+            Event::Tick | Event::Spawned { .. } | Event::SpawnFailed { .. }
+        );
+        match event {
+            Event::Tick => {}
+            Event::Hup => self.on_hup(),
+            Event::Stop(stop) => self.on_stop(stop, &mut out),
+            Event::ChildExited { pid, status } => self.on_child_exit(pid, status, &mut out),
+            Event::Spawned { pid, failure } => self.on_spawned(pid, failure, now, &mut out),
+            Event::SpawnFailed { error } => self.on_spawn_failed(&error, now, &mut out),
+            Event::Settings(settings) => self.settings = settings,
+        }
+        if decide {
+            self.advance(now, &mut out);
+        }
+        out
+    }
+
+    /// When something is next due, if ever: the time to wake up at.
+    pub fn next_deadline(&self) -> Option<Time> {
+        self.due().map(|(at, _)| at)
+    }
+
+    /// The timing ladder: what is due next and when. Only one thing at a
+    /// time, in this order: the start in progress, the kill-old delay, a
+    /// HUP, the auto-restart.
+    fn due(&self) -> Option<(Time, Due)> {
+        if self.stopping.is_some() || self.exited {
+            return None;
+        }
+        if let Some(start) = &self.start {
+            return match &start.phase {
+                Phase::Waiting { not_before } => {
+                    let gap_end = self.last_spawn.map_or(Time::ZERO, |t| t + RETRY_GAP);
+                    Some(((*not_before).max(gap_end), Due::Spawn))
+                }
+                Phase::Spawning { .. } => None,
+                Phase::Checking(a) if a.doomed && a.exit.is_none() => None,
+                Phase::Checking(a) => Some((a.started + self.config.interval, Due::Check)),
+            };
+        }
+        if let Some(at) = self.kill_at {
+            return Some((at, Due::KillOld));
+        }
+        if self.hup_pending {
+            return Some((Time::ZERO, Due::Hup));
+        }
+        let period = self.settings.auto_restart.as_ref()?.duration();
+        if self.old.is_empty() {
+            Some((
+                self.last_restart + period,
+                Due::AutoRestart { forced: false },
+            ))
+        } else {
+            let forced = self.last_restart + period.saturating_mul(2);
+            let at = match self.killed_at {
+                Some(killed) => forced.max(killed + OLD_EXIT_GRACE),
+                None => forced,
+            };
+            Some((at, Due::AutoRestart { forced: true }))
+        }
+    }
+
+    /// Carries out whatever is due at `now`, until nothing more is or a
+    /// spawn awaits its answer.
+    fn advance(&mut self, now: Time, out: &mut Vec<Action>) {
+        while let Some((at, what)) = self.due() {
+            if at > now {
+                return;
+            }
+            match what {
+                Due::Spawn => {
+                    self.spawn(now, out);
+                    return;
+                }
+                Due::Check => self.check(now, out),
+                Due::KillOld => self.kill_old_workers(now, out),
+                Due::Hup => {
+                    self.hup_pending = false;
+                    let not_before = self.hup_restart_at.map_or(now, |t| now.max(t + HUP_GAP));
+                    self.hup_restart_at = Some(not_before);
+                    log(out, "received HUP, spawning a new worker".to_string());
+                    self.begin_restart(not_before);
+                }
+                Due::AutoRestart { forced } => {
+                    let text = self
+                        .settings
+                        .auto_restart
+                        .as_ref()
+                        .map_or_else(String::new, |p| p.text.clone());
+                    let kind = if forced { "forced, " } else { "" };
+                    log(
+                        out,
+                        format!("autorestart triggered ({kind}interval={text})"),
+                    );
+                    self.begin_restart(now);
+                }
+            }
+        }
+    }
+
+    /// A HUP starts a restart at once when none is in progress; otherwise
+    /// it marks one follow-up restart, unless the spawn it asks for is
+    /// still to come anyway.
+    fn on_hup(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let spawn_to_come = matches!(
+            &self.start,
+            Some(Start {
+                reason: Reason::Restart,
+                phase: Phase::Waiting { .. },
+            })
+        );
+        if !spawn_to_come {
+            self.hup_pending = true;
+        }
+    }
+
+    fn spawn(&mut self, now: Time, out: &mut Vec<Action>) {
+        let Some(start) = self.start.as_mut() else {
+            return;
+        };
+        self.generation += 1;
+        self.last_spawn = Some(now);
+        start.phase = Phase::Spawning {
+            generation: self.generation,
+        };
+        out.push(Action::Spawn {
+            generation: self.generation,
+        });
+    }
+
+    fn on_spawned(&mut self, pid: i32, failure: Option<String>, now: Time, out: &mut Vec<Action>) {
+        let generation = match &self.start {
+            Some(Start {
+                phase: Phase::Spawning { generation },
+                ..
+            }) => *generation,
+            // Not asked for (shutdown began in between): it must go too.
+            _ => {
+                let generation = self.generation;
+                self.adopt_while_stopping(Worker { pid, generation }, out);
+                return;
+            }
+        };
+        log(out, format!("starting new worker {pid}"));
+        if let Some(failure) = &failure {
+            log(out, failure.clone());
+        }
+        if let Some(start) = self.start.as_mut() {
+            start.phase = Phase::Checking(Attempt {
+                worker: Worker { pid, generation },
+                started: now,
+                exit: None,
+                doomed: failure.is_some(),
+            });
+        }
+    }
+
+    fn on_spawn_failed(&mut self, error: &str, now: Time, out: &mut Vec<Action>) {
+        log(out, format!("failed to start a new worker: {error}"));
+        if let Some(start) = self.start.as_mut() {
+            start.phase = Phase::Waiting {
+                not_before: now + RETRY_GAP.max(self.config.interval),
+            };
+        }
+    }
+
+    /// A worker spawned after TERM or INT is signalled and waited for.
+    fn adopt_while_stopping(&mut self, worker: Worker, out: &mut Vec<Action>) {
+        if let Some(remaining) = self.stopping.as_mut() {
+            remaining.push(worker);
+            let signal = self.config.term.clone();
+            out.push(Action::Kill {
+                pid: worker.pid,
+                signal,
+            });
+        }
+    }
+
+    /// The start check's verdict, at `--interval` after the spawn.
+    fn check(&mut self, now: Time, out: &mut Vec<Action>) {
+        let Some(start) = self.start.take() else {
+            return;
+        };
+        let Phase::Checking(attempt) = start.phase else {
+            self.start = Some(start);
+            return;
+        };
+        match attempt.exit {
+            Some(status) => {
+                log(
+                    out,
+                    format!(
+                        "new worker {} seems to have failed to start, exit status:{status}",
+                        attempt.worker.pid
+                    ),
+                );
+                self.start = Some(Start {
+                    reason: start.reason,
+                    phase: Phase::Waiting { not_before: now },
+                });
+            }
+            None => self.finish_start(attempt.worker, start.reason, now, out),
+        }
+    }
+
+    /// The new generation passed its start check.
+    fn finish_start(&mut self, worker: Worker, reason: Reason, now: Time, out: &mut Vec<Action>) {
+        self.current = Some(worker);
+        self.last_restart = now;
+        self.write_status(out);
+        if reason != Reason::Restart {
+            return;
+        }
+        let pids = if self.old.is_empty() {
+            "none".to_string()
+        } else {
+            join_pids(&self.old)
+        };
+        log(
+            out,
+            format!(
+                "new worker is now running, sending {} to old workers:{pids}",
+                self.config.signal_on_hup.name
+            ),
+        );
+        let delay = &self.settings.kill_old_delay;
+        if delay.value != 0.0 {
+            log(
+                out,
+                format!("sleeping {} secs before killing old workers", delay.text),
+            );
+        }
+        self.kill_at = Some(now + delay.duration());
+    }
+
+    fn kill_old_workers(&mut self, now: Time, out: &mut Vec<Action>) {
+        self.kill_at = None;
+        self.killed_at = Some(now);
+        log(out, "killing old workers".to_string());
+        for w in &self.old {
+            out.push(Action::Kill {
+                pid: w.pid,
+                signal: self.config.signal_on_hup.clone(),
+            });
+        }
+    }
+
+    /// The current worker becomes an old one; a new generation starts.
+    fn begin_restart(&mut self, now: Time) {
+        if let Some(current) = self.current.take() {
+            self.old.push(current);
+        }
+        self.start = Some(Start {
+            reason: Reason::Restart,
+            phase: Phase::Waiting { not_before: now },
+        });
+    }
+
+    fn on_child_exit(&mut self, pid: i32, status: i32, out: &mut Vec<Action>) {
+        if let Some(remaining) = self.stopping.as_mut() {
+            if let Some(i) = remaining.iter().position(|w| w.pid == pid) {
+                remaining.remove(i);
+                log(out, format!("worker {pid} died, status:{status}"));
+                self.write_status(out);
+                self.exit_when_all_gone(out);
+            }
+            return;
+        }
+        if let Some(Start {
+            phase: Phase::Checking(attempt),
+            ..
+        }) = self.start.as_mut()
+        {
+            if attempt.worker.pid == pid {
+                attempt.exit = Some(status);
+                return;
+            }
+        }
+        if self.current.is_some_and(|w| w.pid == pid) {
+            log(
+                out,
+                format!("worker {pid} died unexpectedly with status:{status}, restarting"),
+            );
+            // The status file keeps listing it until the next generation is
+            // up, as under the reference.
+            self.current = None;
+            if self.start.is_none() {
+                self.start = Some(Start {
+                    reason: Reason::Crash,
+                    phase: Phase::Waiting {
+                        not_before: Time::ZERO,
+                    },
+                });
+            }
+        } else if let Some(i) = self.old.iter().position(|w| w.pid == pid) {
+            log(out, format!("old worker {pid} died, status:{status}"));
+            self.old.remove(i);
+            self.write_status(out);
+        }
+        // Any other child (the log pipe's shell, an orphan re-parented to
+        // us) is reaped silently.
+    }
+
+    /// SIGTERM or SIGINT: signal every worker; exit once all are gone.
+    fn on_stop(&mut self, stop: Stop, out: &mut Vec<Action>) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let (received, signal) = match stop {
+            Stop::Term => ("TERM", self.config.signal_on_term.clone()),
+            Stop::Int => ("INT", self.config.term.clone()),
+        };
+        // A generation in its start check counts as started (the reference
+        // ends the check on TERM/INT and lists it in the status file).
+        if let Some(Phase::Checking(attempt)) = self.start.take().map(|s| s.phase) {
+            if attempt.exit.is_none() {
+                if let Some(current) = self.current.replace(attempt.worker) {
+                    self.old.push(current);
+                }
+                self.write_status(out);
+            }
+        }
+        self.kill_at = None;
+        self.hup_pending = false;
+        let mut remaining: Vec<Worker> = self.old.drain(..).collect();
+        remaining.extend(self.current.take());
+        remaining.sort_by_key(|w| w.pid);
+        log(
+            out,
+            format!(
+                "received {received}, sending {} to all workers:{}",
+                signal.name,
+                join_pids(&remaining)
+            ),
+        );
+        for w in &remaining {
+            out.push(Action::Kill {
+                pid: w.pid,
+                signal: signal.clone(),
+            });
+        }
+        self.stopping = Some(remaining);
+        self.exit_when_all_gone(out);
+    }
+
+    fn exit_when_all_gone(&mut self, out: &mut Vec<Action>) {
+        if self.stopping.as_ref().is_some_and(Vec::is_empty) {
+            log(out, "exiting".to_string());
+            out.push(Action::Exit);
+            self.exited = true;
+        }
+    }
+
+    fn write_status(&self, out: &mut Vec<Action>) {
+        out.push(Action::WriteStatus(self.status_entries()));
+    }
+}
+
+fn log(out: &mut Vec<Action>, line: String) {
+    out.push(Action::Log(line));
+}
+
+fn join_pids(workers: &[Worker]) -> String {
+    let mut pids: Vec<i32> = workers.iter().map(|w| w.pid).collect();
+    pids.sort_unstable();
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::settings::Seconds;
+
+    fn sig(number: i32, name: &str) -> Sig {
+        Sig {
+            number,
+            name: name.to_string(),
+        }
+    }
+
+    fn core(interval_ms: u64) -> Lifecycle {
+        let config = Config {
+            interval: Duration::from_millis(interval_ms),
+            signal_on_hup: sig(15, "TERM"),
+            signal_on_term: sig(15, "TERM"),
+            term: sig(15, "TERM"),
+        };
+        let settings = Settings {
+            auto_restart: None,
+            kill_old_delay: Seconds {
+                text: "0".to_string(),
+                value: 0.0,
+            },
+        };
+        Lifecycle::new(config, settings, Time::ZERO)
+    }
+
+    fn ms(n: u64) -> Time {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_lone_hup_spawns_at_once_and_signals_the_old_worker_after_the_check() {
+        let mut c = core(1000);
+        assert_eq!(
+            c.step(Event::Tick, ms(0)),
+            [Action::Spawn { generation: 1 }]
+        );
+        c.step(
+            Event::Spawned {
+                pid: 10,
+                failure: None,
+            },
+            ms(0),
+        );
+        assert_eq!(c.next_deadline(), Some(ms(1000)));
+        c.step(Event::Tick, ms(1000));
+        assert_eq!(
+            c.current(),
+            Some(Worker {
+                pid: 10,
+                generation: 1
+            })
+        );
+        assert_eq!(c.step(Event::Hup, ms(5000)), []);
+        assert_eq!(
+            c.step(Event::Tick, ms(5000)),
+            [
+                Action::Log("received HUP, spawning a new worker".to_string()),
+                Action::Spawn { generation: 2 },
+            ]
+        );
+        c.step(
+            Event::Spawned {
+                pid: 11,
+                failure: None,
+            },
+            ms(5000),
+        );
+        assert_eq!(
+            c.old_workers(),
+            [Worker {
+                pid: 10,
+                generation: 1
+            }]
+        );
+        assert!(c.start().is_some());
+        assert_eq!(c.step(Event::Tick, ms(5999)), []);
+        let actions = c.step(Event::Tick, ms(6000));
+        assert!(actions.contains(&Action::Kill {
+            pid: 10,
+            signal: c.config().signal_on_hup.clone(),
+        }));
+        c.step(Event::Stop(Stop::Term), ms(6001));
+        assert_eq!(c.stopping().map(<[Worker]>::len), Some(2));
+    }
+}
