@@ -225,7 +225,6 @@ impl Lifecycle {
     }
 
     /// The workers still to exit after TERM or INT, once one came.
-    #[cfg(test)]
     pub fn stopping(&self) -> Option<&[Worker]> {
         self.stopping.as_deref()
     }

@@ -188,19 +188,10 @@ impl Supervisor {
     }
 
     /// The loop, until the core has seen every worker exit after TERM or
-    /// INT; then the teardown.
+    /// INT; then the teardown. The first turn does not wait: a signal held
+    /// back during setup is acted on before the first spawn.
     fn run(mut self) {
-        self.feed(Event::Tick);
-        while !self.core.exited() {
-            if let Err(e) = self.sleep() {
-                log_line!("poll(2) failed: {e}; shutting down");
-                self.feed(Event::Stop(Stop::Term));
-                if self.core.exited() {
-                    break;
-                }
-                // Without poll, wait for the workers by looking now and then.
-                std::thread::sleep(Duration::from_millis(100));
-            }
+        loop {
             // Drain before reaping: a SIGCHLD arriving after the drain
             // leaves a byte in the pipe, so the next poll cannot miss it.
             let pending = self.signals.drain();
@@ -218,6 +209,17 @@ impl Supervisor {
                 self.feed(Event::Hup);
             }
             self.feed(Event::Tick);
+            if self.core.exited() {
+                break;
+            }
+            if let Err(e) = self.sleep() {
+                // Without poll(2), shut down, looking for exits now and then.
+                if self.core.stopping().is_none() {
+                    log_line!("poll(2) failed: {e}; shutting down");
+                    self.feed(Event::Stop(Stop::Term));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
         }
         self.tear_down();
     }

@@ -426,3 +426,74 @@ fn a_huge_kill_old_delay_from_the_environment_means_never() {
     assert!(sb.signals_of(old.pid).is_empty(), "{}", srv.describe());
     stop_and_check_clean(&srv);
 }
+
+/// Whether `sig` is pending for the process (blocked and not yet delivered).
+fn signal_pending(pid: i32, sig: Signal) -> bool {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .filter_map(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .any(|mask| mask & (1 << (sig as i32 - 1)) != 0)
+}
+
+/// Starts start_server with its log on a FIFO nobody reads yet: it locks
+/// its pid file, then waits in setup for a reader. Sends `sig` there, waits
+/// until start_server has either died of it or holds it pending, then lets
+/// setup go on. Returns the server and a thread reading the log.
+fn signal_during_setup(
+    sb: &Sandbox,
+    sig: Signal,
+) -> (Server<'_>, std::thread::JoinHandle<String>) {
+    let fifo = sb.path("log.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let srv = sb
+        .server()
+        .no_log_file()
+        .arg(format!("--log-file={}", fifo.display()))
+        .spawn();
+    srv.wait_for("start_server to lock its pid file in setup", || {
+        sb.pid_file().exists() && pid_file_is_locked(sb)
+    });
+    srv.signal(sig);
+    srv.wait_for("the signal to be delivered or held pending", || {
+        !srv.running() || signal_pending(srv.pid(), sig)
+    });
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        if let Ok(mut f) = fs::File::open(&fifo) {
+            let _ = std::io::Read::read_to_string(&mut f, &mut text);
+        }
+        text
+    });
+    (srv, reader)
+}
+
+#[test]
+fn a_hup_during_setup_is_acted_on_once_setup_is_done() {
+    let sb = Sandbox::new();
+    let (srv, reader) = signal_during_setup(&sb, Signal::SIGHUP);
+    srv.assert_running();
+    let first = srv.wait_worker(1);
+    srv.wait_current(2);
+    srv.wait_gone(first.pid);
+    srv.stop();
+    let log = reader.join().expect("log reader");
+    assert_eq!(count_lines(&log, "received HUP, spawning a new worker"), 1, "{log}");
+}
+
+#[test]
+fn a_term_during_setup_exits_cleanly_without_starting_a_worker() {
+    let sb = Sandbox::new();
+    let (srv, reader) = signal_during_setup(&sb, Signal::SIGTERM);
+    let status = srv.wait_exit(Duration::from_secs(10));
+    let log = reader.join().expect("log reader");
+    assert!(status.success(), "{status:?}\n{log}\n{}", srv.describe());
+    assert_eq!(
+        log,
+        "received TERM, sending TERM to all workers:\nexiting\n",
+        "{}",
+        srv.describe()
+    );
+    assert!(!sb.pid_file().exists(), "pid file left behind");
+}
