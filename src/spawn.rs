@@ -184,7 +184,7 @@ unsafe fn exec_child(
         // Every signal at its default disposition except SIGPIPE, which stays
         // ignored as under the reference (its workers inherit that).
         let mut action: libc::sigaction = std::mem::zeroed();
-        for signal in 1..libc::SIGRTMAX() {
+        for signal in 1..=libc::SIGRTMAX() {
             if signal == libc::SIGKILL || signal == libc::SIGSTOP {
                 continue;
             }
