@@ -16,15 +16,16 @@ pub struct Ready {
     report: OwnedFd,
 }
 
-/// Detaches; returns only in the daemon. The processes in between exit
-/// without running any cleanup: the sockets and files are the daemon's.
-pub fn daemonize(sockets: &mut Sockets) -> Result<Ready> {
+/// Detaches; returns only in the daemon. The processes in between leave
+/// through `std::process::exit`, which runs no destructor: the sockets and
+/// their files stay the daemon's. (`_sockets`, bound before this call, is
+/// no longer used; the caller still passes it, as a mutable reference.)
+pub fn daemonize(_sockets: &mut Sockets) -> Result<Ready> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { child } => {
             drop(write);
-            sockets.forget_files();
             let mut answer = String::new();
             let _ = std::fs::File::from(read).read_to_string(&mut answer);
             let _ = nix::sys::wait::waitpid(child, None);
@@ -45,10 +46,7 @@ pub fn daemonize(sockets: &mut Sockets) -> Result<Ready> {
     setsid().context("setsid failed")?;
     // SAFETY: as above.
     match unsafe { fork() }.context("fork failed")? {
-        ForkResult::Parent { .. } => {
-            sockets.forget_files();
-            std::process::exit(0)
-        }
+        ForkResult::Parent { .. } => std::process::exit(0),
         ForkResult::Child => Ok(Ready { report: write }),
     }
 }

@@ -216,13 +216,11 @@ pub struct Bound {
 }
 
 /// The sockets for the supervisor's whole life. Dropping them removes the
-/// unix socket files this process created.
+/// unix socket files this process created (a process that must leave them,
+/// such as the ones that exit while daemonizing, exits without dropping).
 #[derive(Debug, Default)]
 pub struct Sockets {
     pub bound: Vec<Bound>,
-    /// False in a process that must leave the files alone (the parent that
-    /// exits while daemonizing).
-    remove_files: bool,
 }
 
 impl Sockets {
@@ -244,22 +242,16 @@ impl Sockets {
         self.bound.iter().any(|b| b.fd.as_raw_fd() == 0)
     }
 
-    /// Keeps the socket files on drop (this process is not their owner).
-    pub fn forget_files(&mut self) {
-        self.remove_files = false;
-    }
-
     /// Closes every socket, then removes the socket files we created.
     pub fn close(mut self) {
         self.remove_files_now();
     }
 
     fn remove_files_now(&mut self) {
-        let remove = self.remove_files;
         for b in self.bound.drain(..) {
             let file = b.unix_file;
             drop(b.fd);
-            if let (true, Some((path, dev, ino))) = (remove, file) {
+            if let Some((path, dev, ino)) = file {
                 if let Ok(meta) = std::fs::symlink_metadata(&path) {
                     if meta.file_type().is_socket() && meta.dev() == dev && meta.ino() == ino {
                         let _ = std::fs::remove_file(&path);
@@ -285,10 +277,7 @@ pub fn bind_all(
     backlog: i32,
     internal: &mut [&mut OwnedFd],
 ) -> Result<Sockets> {
-    let mut sockets = Sockets {
-        bound: Vec::new(),
-        remove_files: true,
-    };
+    let mut sockets = Sockets::default();
     let highest_pin = specs.iter().filter_map(|s| s.pin).max().unwrap_or(0);
     for spec in specs {
         let (fd, unix_file) = bind_one(spec, backlog)?;

@@ -17,7 +17,6 @@ use nix::sys::signal::Signal;
 use signal_hook::SigId;
 
 static HUP: AtomicBool = AtomicBool::new(false);
-static CHILD: AtomicBool = AtomicBool::new(false);
 /// The first of TERM/INT received, 0 while none.
 static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
@@ -26,7 +25,6 @@ static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub hup: bool,
-    pub child: bool,
     pub shutdown: Option<Signal>,
 }
 
@@ -61,7 +59,9 @@ impl SignalQueue {
         let mut ids = Vec::new();
         let handlers: [(i32, fn()); 4] = [
             (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
-            (libc::SIGCHLD, || CHILD.store(true, Ordering::SeqCst)),
+            // No flag: the loop reaps with waitpid(WNOHANG) after every
+            // wake-up, so the byte in the pipe is all SIGCHLD needs to say.
+            (libc::SIGCHLD, || {}),
             (libc::SIGTERM, || {
                 let _ =
                     SHUTDOWN.compare_exchange(0, libc::SIGTERM, Ordering::SeqCst, Ordering::SeqCst);
@@ -108,7 +108,6 @@ impl SignalQueue {
         }
         Pending {
             hup: HUP.swap(false, Ordering::SeqCst),
-            child: CHILD.swap(false, Ordering::SeqCst),
             shutdown: Signal::try_from(SHUTDOWN.swap(0, Ordering::SeqCst)).ok(),
         }
     }
