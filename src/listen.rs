@@ -61,6 +61,15 @@ fn invalid(spec: &str, why: &str) -> anyhow::Error {
 }
 
 impl ListenSpec {
+    /// The key as `SERVER_STARTER_PORT` carries it: for a path, its bytes
+    /// as given (not necessarily UTF-8); else [`ListenSpec::key`].
+    pub fn env_key(&self) -> OsString {
+        match &self.target {
+            Target::Unix(path) => path.as_os_str().to_os_string(),
+            _ => self.key.clone().into(),
+        }
+    }
+
     /// A `--path` option.
     pub fn unix(path: &OsStr) -> ListenSpec {
         ListenSpec {
@@ -224,17 +233,13 @@ pub struct Sockets {
 }
 
 impl Sockets {
-    /// The `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`.
+    /// The `SERVER_STARTER_PORT` value of these sockets.
     pub fn env_value(&self) -> OsString {
-        let mut value = OsString::new();
-        for (i, b) in self.bound.iter().enumerate() {
-            if i > 0 {
-                value.push(";");
-            }
-            value.push(&b.env_key);
-            value.push(format!("={}", b.fd.as_raw_fd()));
-        }
-        value
+        env_value_of(
+            self.bound
+                .iter()
+                .map(|b| (b.env_key.as_os_str(), b.fd.as_raw_fd())),
+        )
     }
 
     /// Whether a socket sits on stdin (`=0`), which daemonizing keeps.
@@ -268,6 +273,19 @@ impl Drop for Sockets {
     }
 }
 
+/// A `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`, keys as bytes.
+pub fn env_value_of<'a>(entries: impl IntoIterator<Item = (&'a OsStr, RawFd)>) -> OsString {
+    let mut value = OsString::new();
+    for (i, (key, fd)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            value.push(";");
+        }
+        value.push(key);
+        value.push(format!("={fd}"));
+    }
+    value
+}
+
 /// Binds every spec in order (ports first, then paths, as given), applies
 /// `=N` pins, and clears close-on-exec on the results. `internal` are our
 /// own descriptors opened earlier (log file, pid file): a pin that lands on
@@ -283,10 +301,7 @@ pub fn bind_all(
         let (fd, unix_file) = bind_one(spec, backlog)?;
         let mut bound = Bound {
             key: spec.key.clone(),
-            env_key: match &spec.target {
-                Target::Unix(path) => path.as_os_str().to_os_string(),
-                _ => spec.key.clone().into(),
-            },
+            env_key: spec.env_key(),
             fd,
             unix_file,
         };
