@@ -3,7 +3,7 @@
 //! and a non-zero status if it failed before that.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
@@ -58,11 +58,7 @@ impl Ready {
             return Ok(());
         }
         let null = std::fs::File::open("/dev/null").context("failed to open /dev/null")?;
-        // SAFETY: dup2 onto stdin, which we own.
-        if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("failed to reopen stdin");
-        }
-        Ok(())
+        nix::unistd::dup2_stdin(&null).context("failed to reopen stdin")
     }
 
     pub fn report_ready(self) {

@@ -353,14 +353,10 @@ fn move_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd> {
 
 /// dup2(2) onto a fixed number; the original is closed when dropped.
 fn dup_onto(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
-    // SAFETY: dup2 with a valid source; `target` becomes ours (the caller
-    // moved any descriptor of ours out of the way, as the user asked).
-    let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: dup2 succeeded, so `target` is an open descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(target) })
+    // SAFETY: the returned OwnedFd is the only owner of `target`: the caller
+    // moved any descriptor of ours out of the way first, and whatever else
+    // was there (inherited, unowned) is replaced, as the user asked.
+    Ok(unsafe { nix::unistd::dup2_raw(fd, target) }?)
 }
 
 type UnixFile = Option<(PathBuf, u64, u64)>;

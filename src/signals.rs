@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigHandler, Signal};
 use signal_hook::SigId;
 
 static HUP: AtomicBool = AtomicBool::new(false);
@@ -83,8 +83,9 @@ impl SignalQueue {
             .with_context(|| format!("failed to install a handler for signal {signal}"))?;
             ids.push(id);
         }
-        // SAFETY: setting a disposition to SIG_IGN has no handler to run.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        // SAFETY: SIG_IGN installs no handler, so nothing can run unsafely.
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+            .context("failed to ignore SIGPIPE")?;
         Ok(SignalQueue {
             read,
             _write: write,
