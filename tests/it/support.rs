@@ -1349,3 +1349,24 @@ pub fn running_as_root() -> bool {
 
 /// The unprivileged user of the unprivileged tests: `nobody`.
 pub const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Set to make a test that cannot run here fail instead of skipping (for a
+/// CI run that must run everything).
+pub const NO_SKIP_VAR: &str = "START_SERVER_IT_NO_SKIP";
+
+/// Reports that the calling test cannot run here, and why: a
+/// `skipped: <test>: <reason>` line on stderr, written past libtest's
+/// output capture (which hides `eprintln!` of a passing test) so that it
+/// shows in every run. The test then returns early; libtest has no run-time
+/// "ignored" outcome, so such tests carry a `_needs_<what>` suffix, and
+/// `START_SERVER_IT_NO_SKIP=1` turns the skip into a failure.
+pub fn skip(reason: &str) {
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("unnamed test");
+    if std::env::var_os(NO_SKIP_VAR).is_some_and(|v| !v.is_empty()) {
+        panic!("{test} cannot run here ({NO_SKIP_VAR} is set): {reason}");
+    }
+    // One write, so that the line is not interleaved with libtest's.
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
+}
