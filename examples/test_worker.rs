@@ -1,6 +1,7 @@
 //! The worker the integration tests run behind `start_server`.
 //!
-//! It takes its sockets through our own library ([`server_starter::listeners`]),
+//! It takes its sockets through our own library
+//! ([`server_starter::listeners_os`], so that a `--path` need not be UTF-8),
 //! answers every connection or datagram with its pid and generation, records
 //! the signals it receives, and reports what it inherited (descriptors, signal
 //! mask and ignored set, socket flags, environment) so that tests can check
@@ -255,7 +256,8 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
     let signals = Signals::new(HANDLED_SIGNALS.map(|(signal, _)| signal))
         .map_err(|err| fail(3, format!("cannot install signal handlers: {err}")))?;
 
-    let ports = server_starter::server_ports().map_err(|err| match err {
+    // The OsString API: a `--path` need not be UTF-8.
+    let ports = server_starter::server_ports_os().map_err(|err| match err {
         server_starter::Error::NotStarted => fail(2, err.to_string()),
         _ => fail(3, err.to_string()),
     })?;
@@ -265,11 +267,13 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
         .map(|(_, fd)| describe_inherited_socket(*fd))
         .collect();
 
-    let listeners = server_starter::listeners().map_err(|err| fail(3, error_chain(&err)))?;
+    let listeners = server_starter::listeners_os().map_err(|err| fail(3, error_chain(&err)))?;
     if config.set_nonblock {
         for (key, listener) in &listeners {
-            set_nonblock(listener.as_raw_fd())
-                .map_err(|err| fail(3, format!("cannot set O_NONBLOCK on {key}: {err}")))?;
+            set_nonblock(listener.as_raw_fd()).map_err(|err| {
+                let key = key.to_string_lossy();
+                fail(3, format!("cannot set O_NONBLOCK on {key}: {err}"))
+            })?;
         }
     }
 
@@ -303,6 +307,7 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
         });
     }
     for (key, listener) in listeners {
+        let key = key.to_string_lossy().into_owned();
         let identity = Arc::clone(&identity);
         thread::spawn(move || match listener {
             Listener::Tcp(listener) => serve_tcp(&key, &listener, &identity),

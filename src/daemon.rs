@@ -3,7 +3,7 @@
 //! and a non-zero status if it failed before that.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
@@ -16,15 +16,16 @@ pub struct Ready {
     report: OwnedFd,
 }
 
-/// Detaches; returns only in the daemon. The processes in between exit
-/// without running any cleanup: the sockets and files are the daemon's.
-pub fn daemonize(sockets: &mut Sockets) -> Result<Ready> {
+/// Detaches; returns only in the daemon. The processes in between leave
+/// through `std::process::exit`, which runs no destructor: the sockets and
+/// their files stay the daemon's. (`_sockets`, bound before this call, is
+/// no longer used; the caller still passes it, as a mutable reference.)
+pub fn daemonize(_sockets: &mut Sockets) -> Result<Ready> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { child } => {
             drop(write);
-            sockets.forget_files();
             let mut answer = String::new();
             let _ = std::fs::File::from(read).read_to_string(&mut answer);
             let _ = nix::sys::wait::waitpid(child, None);
@@ -45,10 +46,7 @@ pub fn daemonize(sockets: &mut Sockets) -> Result<Ready> {
     setsid().context("setsid failed")?;
     // SAFETY: as above.
     match unsafe { fork() }.context("fork failed")? {
-        ForkResult::Parent { .. } => {
-            sockets.forget_files();
-            std::process::exit(0)
-        }
+        ForkResult::Parent { .. } => std::process::exit(0),
         ForkResult::Child => Ok(Ready { report: write }),
     }
 }
@@ -60,11 +58,7 @@ impl Ready {
             return Ok(());
         }
         let null = std::fs::File::open("/dev/null").context("failed to open /dev/null")?;
-        // SAFETY: dup2 onto stdin, which we own.
-        if unsafe { libc::dup2(null.as_raw_fd(), 0) } < 0 {
-            return Err(std::io::Error::last_os_error()).context("failed to reopen stdin");
-        }
-        Ok(())
+        nix::unistd::dup2_stdin(&null).context("failed to reopen stdin")
     }
 
     pub fn report_ready(self) {

@@ -2,7 +2,8 @@
 //! `=N` pins, the command line (Getopt::Long emulation and validation),
 //! signal names, Perl-style numbers and settings from the environment, the
 //! status file reader used by `--restart`, and the pid file reader used by
-//! `--stop` and `--restart`.
+//! `--stop` and `--restart`; and the `SERVER_STARTER_PORT` value, from the
+//! specs through our writer to the worker library's reader.
 //!
 //! Invariant checked: none of them panics on any input, errors name the
 //! value, and well-formed input parses to what it says.
@@ -11,16 +12,17 @@
 
 #![cfg(test)]
 
-use std::ffi::OsString;
+use std::ffi::{OsStr, OsString};
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::os::unix::ffi::OsStringExt;
+use std::os::fd::RawFd;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 
 use crate::cli::{self, Mode};
 use crate::envdir::Env;
-use crate::listen::{ListenSpec, Target, check_pins};
+use crate::listen::{ListenSpec, Target, check_pins, env_value_of};
 use crate::settings;
 use crate::signals::SignalName;
 use crate::status;
@@ -110,8 +112,73 @@ fn value_like() -> impl Strategy<Value = String> {
     ]
 }
 
+/// A `--port` or `--path` start_server accepts, with the key a worker
+/// must read back for it: the port spec's key, or the path's bytes (any
+/// but NUL, which no argument holds, and `;`, which the format cannot
+/// carry; often not UTF-8, often with `=` and digits).
+fn listen_spec() -> impl Strategy<Value = (ListenSpec, OsString)> {
+    let port = (
+        prop_oneof![
+            Just(String::new()),
+            any::<[u8; 4]>().prop_map(|a| format!("{}:", Ipv4Addr::from(a))),
+            "[a-z][a-z0-9-]{0,10}:",
+            any::<[u16; 8]>().prop_map(|a| format!("[{}]:", Ipv6Addr::from(a))),
+        ],
+        any::<u16>(),
+        any::<bool>(),
+        prop::option::of(0i32..1000),
+    )
+        .prop_map(|(host, port, udp, pin)| {
+            let u = if udp { "u" } else { "" };
+            let pin = pin.map(|fd| format!("={fd}")).unwrap_or_default();
+            let spec = ListenSpec::parse_port(&format!("{host}{u}{port}{pin}"))
+                .expect("a well-formed port spec");
+            let key = OsString::from(&spec.key);
+            (spec, key)
+        });
+    let byte = prop_oneof![
+        Just(b'/'),
+        Just(b'='),
+        b'0'..=b'9',
+        0x80u8..=0xff,
+        any::<u8>().prop_map(|b| if b == 0 || b == b';' { b'_' } else { b }),
+    ];
+    let path = prop::collection::vec(byte, 1..40).prop_map(|bytes| {
+        let path = OsString::from_vec(bytes);
+        (ListenSpec::unix(&path), path)
+    });
+    prop_oneof![port, path]
+}
+
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn the_worker_library_reads_back_the_port_value_start_server_writes(
+        specs in prop::collection::vec((listen_spec(), 0..=RawFd::MAX), 0..6),
+    ) {
+        let written: Vec<(OsString, RawFd)> =
+            specs.iter().map(|((spec, _), fd)| (spec.env_key(), *fd)).collect();
+        let value = env_value_of(written.iter().map(|(key, fd)| (key.as_os_str(), *fd)));
+        let expected: Vec<(OsString, RawFd)> =
+            specs.iter().map(|((_, key), fd)| (key.clone(), *fd)).collect();
+        let read = server_starter::server_ports_from_os(&value);
+        prop_assert!(read.is_ok(), "{:?} -> {:?}", value, read);
+        prop_assert_eq!(read.unwrap(), expected.clone(), "{:?}", value);
+        // The String API agrees whenever the value is UTF-8.
+        if let Some(text) = value.to_str() {
+            let strings = server_starter::server_ports_from(text);
+            prop_assert!(strings.is_ok(), "{:?}", text);
+            let strings: Vec<(OsString, RawFd)> = strings
+                .unwrap()
+                .into_iter()
+                .map(|(key, fd)| (key.into(), fd))
+                .collect();
+            prop_assert_eq!(strings, expected);
+        }
+        prop_assert!(value.is_empty() == specs.is_empty());
+        prop_assert!(!OsStr::new(&value).as_bytes().contains(&0));
+    }
 
     #[test]
     fn port_specs_never_panic_and_errors_name_the_value(spec in port_like()) {

@@ -18,6 +18,14 @@
 //! [`listeners`] turns those descriptors into ready std sockets by asking each
 //! one what it is. It depends on `std` and `libc` only.
 //!
+//! A `--path` is a file name, and file names are bytes: `start_server` writes
+//! such a key into the variable as it is, UTF-8 or not. The `String` API
+//! refuses a value that is not UTF-8; its `OsString` twins
+//! [`server_ports_os`], [`server_ports_from_os`] and [`listeners_os`] take
+//! every value `start_server` writes and give each key back byte for byte.
+//! (A path containing `;` is the one key the format cannot carry: nothing
+//! escapes the separator, under the Perl original either.)
+//!
 //! # Examples
 //!
 //! A worker that serves whatever `start_server` gave it:
@@ -93,12 +101,13 @@
 
 #![warn(missing_docs)]
 
-use std::ffi::c_int;
+use std::ffi::{OsStr, OsString, c_int};
 use std::fmt;
 use std::io;
 use std::mem;
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -233,8 +242,8 @@ impl AsRawFd for Listener {
 ///
 /// [`Error::NotStarted`] when the variable is unset, [`Error::Malformed`] when
 /// an entry cannot be parsed (a value that is not valid UTF-8 is reported as
-/// one malformed entry). A set but empty variable is not an error: it gives an
-/// empty list.
+/// one malformed entry: [`server_ports_os`] accepts it). A set but empty
+/// variable is not an error: it gives an empty list.
 ///
 /// # Examples
 ///
@@ -284,24 +293,105 @@ pub fn server_ports() -> Result<Vec<(String, RawFd)>, Error> {
 /// # Ok::<(), server_starter::Error>(())
 /// ```
 pub fn server_ports_from(value: &str) -> Result<Vec<(String, RawFd)>, Error> {
-    value
-        .split(';')
-        .filter(|entry| !entry.is_empty())
-        .map(parse_entry)
+    parse_entries(value.as_bytes())
+        .map(|entry| {
+            // A key is a run of whole UTF-8 characters of `value`: the
+            // separators are ASCII.
+            entry.map(|(key, fd)| (String::from_utf8_lossy(key).into_owned(), fd))
+        })
         .collect()
 }
 
-fn parse_entry(entry: &str) -> Result<(String, RawFd), Error> {
+/// Reads `SERVER_STARTER_PORT` into `(key, fd)` pairs, in the variable's
+/// order, with each key exactly as `start_server` wrote it.
+///
+/// Unlike [`server_ports`], this accepts a value that is not valid UTF-8: a
+/// `--path` whose file name is not UTF-8 comes back with its bytes intact,
+/// ready to be used as a path. See [`server_ports_from_os`] for the format.
+///
+/// # Errors
+///
+/// [`Error::NotStarted`] when the variable is unset, [`Error::Malformed`] when
+/// an entry cannot be parsed (its `entry` shows the bytes that are not UTF-8
+/// as U+FFFD). A set but empty variable gives an empty list.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::path::Path;
+///
+/// for (key, fd) in server_starter::server_ports_os()? {
+///     println!("{} is on file descriptor {fd}", Path::new(&key).display());
+/// }
+/// # Ok::<(), server_starter::Error>(())
+/// ```
+pub fn server_ports_os() -> Result<Vec<(OsString, RawFd)>, Error> {
+    let value = std::env::var_os(PORT_VAR).ok_or(Error::NotStarted)?;
+    server_ports_from_os(&value)
+}
+
+/// Parses a `SERVER_STARTER_PORT` value into `(key, fd)` pairs, in order,
+/// with each key's bytes as they are in `value`.
+///
+/// The format is that of [`server_ports_from`], read as bytes: entries
+/// separated by `;` (empty ones skipped), each split at its last `=`. For a
+/// value that is valid UTF-8 both give the same pairs.
+///
+/// # Errors
+///
+/// [`Error::Malformed`] for an entry without `=`, with an empty key, or whose
+/// descriptor is not a plain non-negative decimal number fitting a `RawFd`.
+///
+/// # Examples
+///
+/// ```
+/// use std::ffi::{OsStr, OsString};
+/// use std::os::unix::ffi::OsStrExt;
+///
+/// // What start_server writes for `--port=80 --path=/tmp/caf\xe9.sock`.
+/// let value = OsStr::from_bytes(b"80=3;/tmp/caf\xe9.sock=4");
+/// let ports = server_starter::server_ports_from_os(value)?;
+/// assert_eq!(
+///     ports,
+///     [
+///         (OsString::from("80"), 3),
+///         (OsStr::from_bytes(b"/tmp/caf\xe9.sock").to_owned(), 4),
+///     ]
+/// );
+/// # Ok::<(), server_starter::Error>(())
+/// ```
+pub fn server_ports_from_os(value: &OsStr) -> Result<Vec<(OsString, RawFd)>, Error> {
+    parse_entries(value.as_bytes())
+        .map(|entry| entry.map(|(key, fd)| (OsString::from_vec(key.to_vec()), fd)))
+        .collect()
+}
+
+/// The entries of a `SERVER_STARTER_PORT` value, each parsed.
+fn parse_entries(value: &[u8]) -> impl Iterator<Item = Result<(&[u8], RawFd), Error>> {
+    value
+        .split(|&b| b == b';')
+        .filter(|entry| !entry.is_empty())
+        .map(parse_entry)
+}
+
+fn parse_entry(entry: &[u8]) -> Result<(&[u8], RawFd), Error> {
     let malformed = || Error::Malformed {
-        entry: entry.to_string(),
+        entry: String::from_utf8_lossy(entry).into_owned(),
     };
-    let (key, fd) = entry.rsplit_once('=').ok_or_else(malformed)?;
+    let split = entry
+        .iter()
+        .rposition(|&b| b == b'=')
+        .ok_or_else(malformed)?;
+    let (key, fd) = (&entry[..split], &entry[split + 1..]);
     // `parse` alone would also accept a leading `+`.
-    if key.is_empty() || fd.is_empty() || !fd.bytes().all(|b| b.is_ascii_digit()) {
+    if key.is_empty() || fd.is_empty() || !fd.iter().all(u8::is_ascii_digit) {
         return Err(malformed());
     }
-    let fd = fd.parse::<RawFd>().map_err(|_| malformed())?;
-    Ok((key.to_string(), fd))
+    let fd = std::str::from_utf8(fd)
+        .ok()
+        .and_then(|fd| fd.parse::<RawFd>().ok())
+        .ok_or_else(malformed)?;
+    Ok((key, fd))
 }
 
 /// Reads `SERVER_STARTER_GENERATION`: 1 for the first worker `start_server`
@@ -356,7 +446,42 @@ pub fn generation() -> Option<u64> {
 /// [`Error::UnsupportedSocket`] for any other kind of socket;
 /// [`Error::AlreadyTaken`] on a second call.
 pub fn listeners() -> Result<Vec<(String, Listener)>, Error> {
-    let ports = server_ports()?;
+    take_once(server_ports()?)
+}
+
+/// Takes the sockets named in `SERVER_STARTER_PORT` as std sockets, like
+/// [`listeners`], with each key exactly as `start_server` wrote it.
+///
+/// Unlike [`listeners`], this accepts a value that is not valid UTF-8 (a
+/// `--path` whose file name is not UTF-8): see [`server_ports_os`].
+/// Ownership and flags are as for [`listeners`]; the two share one "taken"
+/// state, so only the first successful call of either takes the sockets.
+///
+/// # Errors
+///
+/// As for [`listeners`], with [`Error::NotStarted`] and [`Error::Malformed`]
+/// as for [`server_ports_os`]. The `key` of an error is the entry's key with
+/// bytes that are not UTF-8 shown as U+FFFD.
+///
+/// # Examples
+///
+/// ```no_run
+/// use std::path::Path;
+/// use server_starter::Listener;
+///
+/// for (key, listener) in server_starter::listeners_os()? {
+///     if let Listener::Unix(unix) = listener {
+///         println!("{}: {:?}", Path::new(&key).display(), unix.local_addr());
+///     }
+/// }
+/// # Ok::<(), server_starter::Error>(())
+/// ```
+pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
+    take_once(server_ports_os()?)
+}
+
+/// Takes `ports` unless the inherited sockets were already taken.
+fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener)>, Error> {
     if TAKEN.swap(true, Ordering::SeqCst) {
         return Err(Error::AlreadyTaken);
     }
@@ -383,15 +508,18 @@ enum Kind {
 ///
 /// The caller must own every descriptor in `ports`: nothing else may use or
 /// close them afterwards.
-unsafe fn take_listeners(ports: Vec<(String, RawFd)>) -> Result<Vec<(String, Listener)>, Error> {
+unsafe fn take_listeners<K: AsRef<OsStr>>(
+    ports: Vec<(K, RawFd)>,
+) -> Result<Vec<(K, Listener)>, Error> {
     let mut checked = Vec::with_capacity(ports.len());
     for (index, (key, fd)) in ports.iter().enumerate() {
+        let key = key.as_ref().to_string_lossy();
         if ports[..index].iter().any(|(_, earlier)| earlier == fd) {
             return Err(Error::Malformed {
                 entry: format!("{key}={fd}"),
             });
         }
-        checked.push(classify(key, *fd)?);
+        checked.push(classify(&key, *fd)?);
     }
     for (_, fd) in &ports {
         set_cloexec(*fd)?;
@@ -549,6 +677,29 @@ mod tests {
             .collect::<Vec<_>>()
             .join(";");
         assert_eq!(server_ports_from(&value).unwrap(), list);
+    }
+
+    #[test]
+    fn os_keys_keep_their_bytes() {
+        let value = OsStr::from_bytes(b"80=3;/tmp/caf\xe9=x.sock=4;;");
+        assert_eq!(
+            server_ports_from_os(value).unwrap(),
+            [
+                (OsString::from("80"), 3),
+                (OsStr::from_bytes(b"/tmp/caf\xe9=x.sock").to_owned(), 4),
+            ]
+        );
+        let utf8 = "80=3;[::1]:8080=4;/tmp/a=b.sock=5";
+        let as_strings: Vec<(OsString, RawFd)> = server_ports_from(utf8)
+            .unwrap()
+            .into_iter()
+            .map(|(key, fd)| (key.into(), fd))
+            .collect();
+        assert_eq!(server_ports_from_os(OsStr::new(utf8)).unwrap(), as_strings);
+        match server_ports_from_os(OsStr::from_bytes(b"80=3;caf\xe9")) {
+            Err(Error::Malformed { entry }) => assert_eq!(entry, "caf\u{fffd}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -61,6 +61,15 @@ fn invalid(spec: &str, why: &str) -> anyhow::Error {
 }
 
 impl ListenSpec {
+    /// The key as `SERVER_STARTER_PORT` carries it: for a path, its bytes
+    /// as given (not necessarily UTF-8); else [`ListenSpec::key`].
+    pub fn env_key(&self) -> OsString {
+        match &self.target {
+            Target::Unix(path) => path.as_os_str().to_os_string(),
+            _ => self.key.clone().into(),
+        }
+    }
+
     /// A `--path` option.
     pub fn unix(path: &OsStr) -> ListenSpec {
         ListenSpec {
@@ -216,37 +225,26 @@ pub struct Bound {
 }
 
 /// The sockets for the supervisor's whole life. Dropping them removes the
-/// unix socket files this process created.
+/// unix socket files this process created (a process that must leave them,
+/// such as the ones that exit while daemonizing, exits without dropping).
 #[derive(Debug, Default)]
 pub struct Sockets {
     pub bound: Vec<Bound>,
-    /// False in a process that must leave the files alone (the parent that
-    /// exits while daemonizing).
-    remove_files: bool,
 }
 
 impl Sockets {
-    /// The `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`.
+    /// The `SERVER_STARTER_PORT` value of these sockets.
     pub fn env_value(&self) -> OsString {
-        let mut value = OsString::new();
-        for (i, b) in self.bound.iter().enumerate() {
-            if i > 0 {
-                value.push(";");
-            }
-            value.push(&b.env_key);
-            value.push(format!("={}", b.fd.as_raw_fd()));
-        }
-        value
+        env_value_of(
+            self.bound
+                .iter()
+                .map(|b| (b.env_key.as_os_str(), b.fd.as_raw_fd())),
+        )
     }
 
     /// Whether a socket sits on stdin (`=0`), which daemonizing keeps.
     pub fn uses_stdin(&self) -> bool {
         self.bound.iter().any(|b| b.fd.as_raw_fd() == 0)
-    }
-
-    /// Keeps the socket files on drop (this process is not their owner).
-    pub fn forget_files(&mut self) {
-        self.remove_files = false;
     }
 
     /// Closes every socket, then removes the socket files we created.
@@ -255,11 +253,10 @@ impl Sockets {
     }
 
     fn remove_files_now(&mut self) {
-        let remove = self.remove_files;
         for b in self.bound.drain(..) {
             let file = b.unix_file;
             drop(b.fd);
-            if let (true, Some((path, dev, ino))) = (remove, file) {
+            if let Some((path, dev, ino)) = file {
                 if let Ok(meta) = std::fs::symlink_metadata(&path) {
                     if meta.file_type().is_socket() && meta.dev() == dev && meta.ino() == ino {
                         let _ = std::fs::remove_file(&path);
@@ -276,6 +273,19 @@ impl Drop for Sockets {
     }
 }
 
+/// A `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`, keys as bytes.
+pub fn env_value_of<'a>(entries: impl IntoIterator<Item = (&'a OsStr, RawFd)>) -> OsString {
+    let mut value = OsString::new();
+    for (i, (key, fd)) in entries.into_iter().enumerate() {
+        if i > 0 {
+            value.push(";");
+        }
+        value.push(key);
+        value.push(format!("={fd}"));
+    }
+    value
+}
+
 /// Binds every spec in order (ports first, then paths, as given), applies
 /// `=N` pins, and clears close-on-exec on the results. `internal` are our
 /// own descriptors opened earlier (log file, pid file): a pin that lands on
@@ -285,19 +295,13 @@ pub fn bind_all(
     backlog: i32,
     internal: &mut [&mut OwnedFd],
 ) -> Result<Sockets> {
-    let mut sockets = Sockets {
-        bound: Vec::new(),
-        remove_files: true,
-    };
+    let mut sockets = Sockets::default();
     let highest_pin = specs.iter().filter_map(|s| s.pin).max().unwrap_or(0);
     for spec in specs {
         let (fd, unix_file) = bind_one(spec, backlog)?;
         let mut bound = Bound {
             key: spec.key.clone(),
-            env_key: match &spec.target {
-                Target::Unix(path) => path.as_os_str().to_os_string(),
-                _ => spec.key.clone().into(),
-            },
+            env_key: spec.env_key(),
             fd,
             unix_file,
         };
@@ -349,14 +353,10 @@ fn move_above(fd: &OwnedFd, floor: RawFd) -> Result<OwnedFd> {
 
 /// dup2(2) onto a fixed number; the original is closed when dropped.
 fn dup_onto(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
-    // SAFETY: dup2 with a valid source; `target` becomes ours (the caller
-    // moved any descriptor of ours out of the way, as the user asked).
-    let r = unsafe { libc::dup2(fd.as_raw_fd(), target) };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error().into());
-    }
-    // SAFETY: dup2 succeeded, so `target` is an open descriptor we now own.
-    Ok(unsafe { OwnedFd::from_raw_fd(target) })
+    // SAFETY: the returned OwnedFd is the only owner of `target`: the caller
+    // moved any descriptor of ours out of the way first, and whatever else
+    // was there (inherited, unowned) is replaced, as the user asked.
+    Ok(unsafe { nix::unistd::dup2_raw(fd, target) }?)
 }
 
 type UnixFile = Option<(PathBuf, u64, u64)>;

@@ -8,12 +8,14 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Read;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::mem::ManuallyDrop;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
 
 /// A locked pid file.
 pub struct PidFile {
@@ -25,9 +27,15 @@ pub struct PidFile {
     remove: bool,
 }
 
-fn flock(fd: &impl AsRawFd, op: libc::c_int) -> nix::Result<()> {
-    // SAFETY: flock(2) on a descriptor we own.
-    Errno::result(unsafe { libc::flock(fd.as_raw_fd(), op) }).map(drop)
+/// The descriptor of a lock we keep for the process's life. A flock(2)
+/// lock belongs to the open file description, so it stays until the last
+/// descriptor of it closes, wherever the supervisor moves this one; nix's
+/// `Flock` would instead unlock on drop.
+fn keep_locked(lock: Flock<File>) -> OwnedFd {
+    let lock = ManuallyDrop::new(lock);
+    // SAFETY: neither the `Flock` nor the `File` in it is ever dropped, so
+    // the OwnedFd made here is the descriptor's only owner.
+    unsafe { OwnedFd::from_raw_fd(lock.as_raw_fd()) }
 }
 
 /// What the pid file says, for the client modes.
@@ -52,26 +60,29 @@ pub fn read_pid(path: &Path) -> Result<i32> {
 pub fn is_locked(path: &Path) -> Result<bool> {
     let file =
         File::open(path).with_context(|| format!("failed to open file:{}", path.display()))?;
-    match flock(&file, libc::LOCK_SH | libc::LOCK_NB) {
-        Ok(()) => Ok(false),
-        Err(Errno::EWOULDBLOCK) => Ok(true),
-        Err(e) => Err(e).with_context(|| format!("flock failed({})", path.display())),
+    // A lock we get is released at once, when it is dropped.
+    match Flock::lock(file, FlockArg::LockSharedNonblock) {
+        Ok(_) => Ok(false),
+        Err((_, Errno::EWOULDBLOCK)) => Ok(true),
+        Err((_, e)) => Err(e).with_context(|| format!("flock failed({})", path.display())),
     }
 }
 
 /// Waits until nobody holds the lock of the file at `path`.
 pub fn wait_unlocked(path: &Path) -> Result<()> {
-    let file = match File::open(path) {
+    let mut file = match File::open(path) {
         Ok(f) => f,
         // Removed: the server is gone (it unlinks before it unlocks).
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(e).with_context(|| format!("failed to open file:{}", path.display())),
     };
     loop {
-        match flock(&file, libc::LOCK_SH) {
-            Ok(()) => return Ok(()),
-            Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e).with_context(|| format!("flock failed({})", path.display())),
+        match Flock::lock(file, FlockArg::LockShared) {
+            Ok(_) => return Ok(()),
+            Err((again, Errno::EINTR)) => file = again,
+            Err((_, e)) => {
+                return Err(e).with_context(|| format!("flock failed({})", path.display()));
+            }
         }
     }
 }
@@ -96,15 +107,15 @@ impl PidFile {
             }
             Err(e) => Err(e),
         };
-        let (mut file, created) =
+        let (file, created) =
             opened.with_context(|| format!("failed to open file:{}", path.display()))?;
-        match flock(&file, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Ok(PidFile {
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(lock) => Ok(PidFile {
                 path: path.to_path_buf(),
-                fd: file.into(),
+                fd: keep_locked(lock),
                 remove: created,
             }),
-            Err(Errno::EWOULDBLOCK) => {
+            Err((mut file, Errno::EWOULDBLOCK)) => {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 bail!(
@@ -113,7 +124,7 @@ impl PidFile {
                     path.display()
                 )
             }
-            Err(e) => {
+            Err((_, e)) => {
                 if created {
                     let _ = std::fs::remove_file(path);
                 }

@@ -13,11 +13,10 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{SigHandler, Signal};
 use signal_hook::SigId;
 
 static HUP: AtomicBool = AtomicBool::new(false);
-static CHILD: AtomicBool = AtomicBool::new(false);
 /// The first of TERM/INT received, 0 while none.
 static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
@@ -26,7 +25,6 @@ static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub hup: bool,
-    pub child: bool,
     pub shutdown: Option<Signal>,
 }
 
@@ -61,7 +59,9 @@ impl SignalQueue {
         let mut ids = Vec::new();
         let handlers: [(i32, fn()); 4] = [
             (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
-            (libc::SIGCHLD, || CHILD.store(true, Ordering::SeqCst)),
+            // No flag: the loop reaps with waitpid(WNOHANG) after every
+            // wake-up, so the byte in the pipe is all SIGCHLD needs to say.
+            (libc::SIGCHLD, || {}),
             (libc::SIGTERM, || {
                 let _ =
                     SHUTDOWN.compare_exchange(0, libc::SIGTERM, Ordering::SeqCst, Ordering::SeqCst);
@@ -83,8 +83,9 @@ impl SignalQueue {
             .with_context(|| format!("failed to install a handler for signal {signal}"))?;
             ids.push(id);
         }
-        // SAFETY: setting a disposition to SIG_IGN has no handler to run.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+        // SAFETY: SIG_IGN installs no handler, so nothing can run unsafely.
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, SigHandler::SigIgn) }
+            .context("failed to ignore SIGPIPE")?;
         Ok(SignalQueue {
             read,
             _write: write,
@@ -108,7 +109,6 @@ impl SignalQueue {
         }
         Pending {
             hup: HUP.swap(false, Ordering::SeqCst),
-            child: CHILD.swap(false, Ordering::SeqCst),
             shutdown: Signal::try_from(SHUTDOWN.swap(0, Ordering::SeqCst)).ok(),
         }
     }

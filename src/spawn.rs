@@ -21,6 +21,8 @@ use std::path::Path;
 use anyhow::{Context, Result, anyhow};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
+use nix::sys::signal::{SigSet, SigmaskHow, sigprocmask};
+use nix::unistd::{ForkResult, fork};
 
 use crate::envdir::Env;
 
@@ -110,19 +112,18 @@ pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Resu
 
     // Block every signal across fork so the child never runs our handlers;
     // it unblocks them only after resetting the dispositions.
-    // SAFETY: plain sigset manipulation on local values.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    let mut saved: libc::sigset_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::sigprocmask(libc::SIG_SETMASK, &all, &mut saved);
-    }
+    let mut saved = SigSet::empty();
+    sigprocmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut saved),
+    )
+    .context("failed to block signals for fork(2)")?;
     // SAFETY: the process is single-threaded; the child branch below only
     // makes async-signal-safe calls and never returns.
-    let pid = unsafe { libc::fork() };
-    if pid == 0 {
+    let forked = match unsafe { fork() } {
         // SAFETY: see `exec_child`.
-        unsafe {
+        Ok(ForkResult::Child) => unsafe {
             exec_child(
                 &prepared,
                 &argv,
@@ -130,15 +131,16 @@ pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Resu
                 &mut sh_argv,
                 report_write.as_raw_fd(),
             )
-        }
-    }
-    let fork_error = Errno::last();
-    // SAFETY: restoring the mask saved above.
-    unsafe { libc::sigprocmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut()) };
+        },
+        Ok(ForkResult::Parent { child }) => Ok(child.as_raw()),
+        Err(e) => Err(e),
+    };
+    let restored = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&saved), None);
     drop(report_write);
-    if pid < 0 {
-        return Err(fork_error).context("fork(2) failed");
-    }
+    let pid = forked.context("fork(2) failed")?;
+    // Setting a mask sigprocmask saved cannot fail; were it to, every
+    // signal would stay blocked and the supervisor deaf: an error.
+    restored.context("failed to restore the signal mask after fork(2)")?;
 
     // EOF means the exec succeeded (the pipe was close-on-exec).
     let mut report = [0u8; 5];
@@ -184,7 +186,7 @@ unsafe fn exec_child(
         // Every signal at its default disposition except SIGPIPE, which stays
         // ignored as under the reference (its workers inherit that).
         let mut action: libc::sigaction = std::mem::zeroed();
-        for signal in 1..libc::SIGRTMAX() {
+        for signal in 1..=libc::SIGRTMAX() {
             if signal == libc::SIGKILL || signal == libc::SIGSTOP {
                 continue;
             }

@@ -74,14 +74,17 @@ impl Drop for StatusFile {
 /// `FILE.PID` (the reference's name), or `FILE.PID.N` when that exists,
 /// opened with O_EXCL|O_NOFOLLOW so nothing planted there is followed.
 fn create_temp(path: &Path) -> std::io::Result<(PathBuf, File)> {
-    let base = format!("{}.{}", path.display(), std::process::id());
+    // Built from the path's bytes: `display()` would replace bytes that are
+    // not UTF-8 and name a directory that does not exist.
+    let mut base = path.as_os_str().to_os_string();
+    base.push(format!(".{}", std::process::id()));
     let mut last_err = None;
     for attempt in 0..100 {
-        let name = if attempt == 0 {
-            PathBuf::from(&base)
-        } else {
-            PathBuf::from(format!("{base}.{attempt}"))
-        };
+        let mut name = base.clone();
+        if attempt > 0 {
+            name.push(format!(".{attempt}"));
+        }
+        let name = PathBuf::from(name);
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -114,6 +117,27 @@ mod tests {
             vec![2, 10]
         );
         assert_eq!(generations(""), Vec::<u64>::new());
+    }
+
+    #[test]
+    fn written_in_a_directory_whose_name_is_not_utf8() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join(OsStr::from_bytes(b"dir\xff"));
+        std::fs::create_dir(&sub).unwrap();
+        let path = sub.join("status");
+        let mut status = StatusFile::new(path.clone());
+        status.write(&[(1, 100)]).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "1:100\n");
+        // Only the status file: the temp file was renamed onto it.
+        let names: Vec<_> = std::fs::read_dir(&sub)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["status"]);
+        drop(status);
+        assert!(!path.exists());
     }
 
     #[test]

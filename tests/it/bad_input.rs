@@ -10,6 +10,11 @@
 //! workers run is an error logged at every attempt while start_server keeps
 //! running (as under the reference: the file may appear later), and then
 //! shuts down cleanly on TERM.
+//!
+//! The cases that need an unprivileged user (permission errors, a privileged
+//! port) are tests of their own, named `..._needs_<what>`: run as root they
+//! start start_server as nobody; where they cannot run at all they print
+//! `skipped: <test>: <reason>` and return (see `support::skip`).
 
 use std::any::Any;
 use std::collections::BTreeMap;
@@ -193,6 +198,22 @@ fn unprivileged_user_can_run() -> bool {
     })
 }
 
+/// For the `_needs_unprivileged_user` tests: true (after reporting the
+/// skip) when they cannot run here. Run as root, they run start_server as
+/// nobody, who must be able to reach the binaries.
+fn no_unprivileged_user() -> bool {
+    if unprivileged_user_can_run() {
+        return false;
+    }
+    skip(&format!(
+        "the unprivileged user (uid {}) cannot reach {} and {}",
+        NOBODY.0,
+        start_server_bin().display(),
+        test_worker_bin().display()
+    ));
+    true
+}
+
 /// Runs every case in its own sandbox; panics naming the first that fails.
 fn run_cases(cases: Vec<Case>) {
     assert!(!cases.is_empty());
@@ -200,13 +221,11 @@ fn run_cases(cases: Vec<Case>) {
         let sb = Sandbox::new();
         let mut builder = sb.server();
         if case.unprivileged {
-            if !unprivileged_user_can_run() {
-                eprintln!(
-                    "{}: skipped, the unprivileged user cannot reach the binaries",
-                    case.name
-                );
-                continue;
-            }
+            assert!(
+                unprivileged_user_can_run(),
+                "{}: check no_unprivileged_user() before running the case",
+                case.name
+            );
             fs::create_dir(sb.path("ro")).expect("mkdir");
             fs::set_permissions(sb.path("ro"), fs::Permissions::from_mode(0o555)).expect("chmod");
             if running_as_root() {
@@ -533,24 +552,43 @@ fn sockets_that_cannot_be_made_are_refused_and_leave_nothing() {
             p.keep.push(Box::new(live));
             p
         }),
-        unprivileged("path in a directory we may not write", |sb| {
+    ]);
+}
+
+#[test]
+fn a_socket_path_in_an_unwritable_directory_is_refused_needs_unprivileged_user() {
+    if no_unprivileged_user() {
+        return;
+    }
+    run_cases(vec![unprivileged(
+        "path in a directory we may not write",
+        |sb| {
             let path = show(&sb.path("ro/s.sock"));
             prepared(
                 start(sb, &[format!("--path={path}")]),
                 [path, "Permission denied".into()],
             )
-        }),
-    ]);
+        },
+    )]);
 }
 
 #[test]
-fn a_privileged_port_is_refused_to_an_unprivileged_user() {
+fn a_privileged_port_is_refused_needs_unprivileged_user_and_port_80_privileged() {
     let unprivileged_start = fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start")
         .ok()
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(1024);
-    if unprivileged_start <= 80 || (!running_as_root() && has_net_bind_capability()) {
-        eprintln!("skipped: an unprivileged process may bind port 80 here");
+    if unprivileged_start <= 80 {
+        skip(&format!(
+            "ip_unprivileged_port_start is {unprivileged_start}: anybody may bind port 80 here"
+        ));
+        return;
+    }
+    if !running_as_root() && has_net_bind_capability() {
+        skip("this process has CAP_NET_BIND_SERVICE, and start_server would inherit it");
+        return;
+    }
+    if no_unprivileged_user() {
         return;
     }
     run_cases(vec![unprivileged("port below 1024", |sb| {
@@ -590,13 +628,6 @@ fn files_that_cannot_be_opened_are_refused_or_logged() {
                 [path, "Is a directory".into()],
             )
         }),
-        unprivileged("pid file in a directory we may not write", |sb| {
-            let path = show(&sb.path("ro/pid"));
-            prepared(
-                start(sb, &[format!("--pid-file={path}")]),
-                [path, "Permission denied".into()],
-            )
-        }),
         case("pid file locked by a running instance", Exits, |sb| {
             // The file is neither truncated nor removed: the snapshot
             // taken before the run still matches after it.
@@ -626,13 +657,6 @@ fn files_that_cannot_be_opened_are_refused_or_logged() {
                 [path, "Is a directory".into()],
             )
         }),
-        unprivileged("log file in a directory we may not write", |sb| {
-            let path = show(&sb.path("ro/log"));
-            prepared(
-                start(sb, &[format!("--log-file={path}")]),
-                [path, "Permission denied".into()],
-            )
-        }),
         case("status file in a missing directory", Serves, |sb| {
             let path = show(&sb.path("missing/status"));
             let args = start(
@@ -657,6 +681,40 @@ fn files_that_cannot_be_opened_are_refused_or_logged() {
             prepared(args, [path, "Not a directory".into()])
         }),
     ]);
+}
+
+#[test]
+fn a_pid_file_in_an_unwritable_directory_is_refused_needs_unprivileged_user() {
+    if no_unprivileged_user() {
+        return;
+    }
+    run_cases(vec![unprivileged(
+        "pid file in a directory we may not write",
+        |sb| {
+            let path = show(&sb.path("ro/pid"));
+            prepared(
+                start(sb, &[format!("--pid-file={path}")]),
+                [path, "Permission denied".into()],
+            )
+        },
+    )]);
+}
+
+#[test]
+fn a_log_file_in_an_unwritable_directory_is_refused_needs_unprivileged_user() {
+    if no_unprivileged_user() {
+        return;
+    }
+    run_cases(vec![unprivileged(
+        "log file in a directory we may not write",
+        |sb| {
+            let path = show(&sb.path("ro/log"));
+            prepared(
+                start(sb, &[format!("--log-file={path}")]),
+                [path, "Permission denied".into()],
+            )
+        },
+    )]);
 }
 
 #[test]

@@ -513,6 +513,7 @@ impl Sandbox {
             stdin: None,
             user: None,
             subreaper: false,
+            ignored: Vec::new(),
         }
     }
 
@@ -756,6 +757,7 @@ pub struct Builder<'a> {
     stdin: Option<PathBuf>,
     user: Option<(u32, u32)>,
     subreaper: bool,
+    ignored: Vec<libc::c_int>,
 }
 
 impl<'a> Builder<'a> {
@@ -870,6 +872,14 @@ impl<'a> Builder<'a> {
         self
     }
 
+    /// Start start_server with `signal` ignored, as a parent that set
+    /// SIG_IGN would (set in the child between fork and exec: the test
+    /// process itself changes no disposition).
+    pub fn ignore_signal(mut self, signal: libc::c_int) -> Self {
+        self.ignored.push(signal);
+        self
+    }
+
     /// The arguments after the binary's name.
     pub fn build_args(&self) -> Vec<OsString> {
         if let Some(raw) = &self.raw {
@@ -934,11 +944,13 @@ impl<'a> Builder<'a> {
             command.uid(uid).gid(gid);
         }
         let subreaper = self.subreaper;
+        let ignored = self.ignored.clone();
         // If the test process dies without running its destructors (an
         // abort, a harness timeout), take start_server with it: the kernel
         // sends SIGKILL when the spawning thread exits. (std changes the
         // uid before running this, and a uid change clears the setting.)
-        // SAFETY: prctl(2) is async-signal-safe and touches no memory of ours.
+        // SAFETY: prctl(2) and signal(2) are async-signal-safe and touch no
+        // memory of ours; `ignored` was allocated before the fork.
         unsafe {
             command.pre_exec(move || {
                 if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
@@ -946,6 +958,11 @@ impl<'a> Builder<'a> {
                 }
                 if subreaper && libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) == -1 {
                     return Err(io::Error::last_os_error());
+                }
+                for &signal in &ignored {
+                    if libc::signal(signal, libc::SIG_IGN) == libc::SIG_ERR {
+                        return Err(io::Error::last_os_error());
+                    }
                 }
                 Ok(())
             });
@@ -1332,3 +1349,24 @@ pub fn running_as_root() -> bool {
 
 /// The unprivileged user of the unprivileged tests: `nobody`.
 pub const NOBODY: (u32, u32) = (65534, 65534);
+
+/// Set to make a test that cannot run here fail instead of skipping (for a
+/// CI run that must run everything).
+pub const NO_SKIP_VAR: &str = "START_SERVER_IT_NO_SKIP";
+
+/// Reports that the calling test cannot run here, and why: a
+/// `skipped: <test>: <reason>` line on stderr, written past libtest's
+/// output capture (which hides `eprintln!` of a passing test) so that it
+/// shows in every run. The test then returns early; libtest has no run-time
+/// "ignored" outcome, so such tests carry a `_needs_<what>` suffix, and
+/// `START_SERVER_IT_NO_SKIP=1` turns the skip into a failure.
+pub fn skip(reason: &str) {
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("unnamed test");
+    if std::env::var_os(NO_SKIP_VAR).is_some_and(|v| !v.is_empty()) {
+        panic!("{test} cannot run here ({NO_SKIP_VAR} is set): {reason}");
+    }
+    // One write, so that the line is not interleaved with libtest's.
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
+}

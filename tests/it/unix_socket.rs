@@ -129,3 +129,33 @@ fn regular_file_at_the_path_is_kept_and_binding_fails() {
     );
     assert!(sb.worker_reports().is_empty() && !sb.pid_file().exists());
 }
+
+#[test]
+fn a_path_that_is_not_utf8_is_handed_to_the_worker_byte_for_byte() {
+    // start_server writes the path's bytes into SERVER_STARTER_PORT; the
+    // test worker takes its sockets with the library, which must read them.
+    use std::ffi::OsString;
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let sb = Sandbox::new();
+    let mut bytes = sb.path("caf").into_os_string().into_vec();
+    bytes.extend_from_slice(b"\xe9.sock");
+    let path = std::path::PathBuf::from(OsString::from_vec(bytes));
+    let mut arg = OsString::from("--path=");
+    arg.push(&path);
+    let srv = sb.server().no_port().arg(arg).spawn();
+    let worker = srv.wait_current(1);
+    let port_env = fs::read(format!("/proc/{}/environ", worker.pid))
+        .expect("worker environment")
+        .split(|&b| b == 0)
+        .find_map(|var| {
+            var.strip_prefix(b"SERVER_STARTER_PORT=")
+                .map(<[u8]>::to_vec)
+        })
+        .expect("SERVER_STARTER_PORT in the worker's environment");
+    let fd = *worker.socks().keys().next().expect("one socket");
+    let mut expected = path.as_os_str().as_bytes().to_vec();
+    expected.extend_from_slice(format!("={fd}").as_bytes());
+    assert_eq!(port_env, expected, "{}", srv.describe());
+    let body = http_get_unix(&path).expect("GET over the unix socket");
+    assert_eq!(answer_pid(&body), Some(worker.pid));
+}

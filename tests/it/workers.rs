@@ -104,6 +104,31 @@ fn worker_signal_dispositions_are_reset_even_when_start_server_inherited_ignored
 }
 
 #[test]
+fn worker_gets_sigrtmax_at_its_default_even_when_start_server_inherited_it_ignored() {
+    // The highest signal number is the easiest to miss when resetting
+    // every disposition (an exclusive range stops one short of it).
+    let sb = Sandbox::new();
+    let srv = sb.server().ignore_signal(libc::SIGRTMAX()).spawn();
+    let supervisor_ignored = proc_status_field(srv.pid(), "SigIgn")
+        .and_then(|hex| u64::from_str_radix(&hex, 16).ok())
+        .expect("start_server's SigIgn");
+    let rtmax_bit = 1u64 << (libc::SIGRTMAX() - 1);
+    assert_ne!(
+        supervisor_ignored & rtmax_bit,
+        0,
+        "start_server did not inherit SIGRTMAX ignored\n{}",
+        srv.describe()
+    );
+    let worker = srv.wait_current(1);
+    assert_eq!(
+        ignored_standard_signals(&worker),
+        1 << (libc::SIGPIPE - 1),
+        "ignored signals (SIGRTMAX is bit {})",
+        libc::SIGRTMAX() - 1
+    );
+}
+
+#[test]
 fn worker_environment_is_ours_plus_the_starter_variables() {
     let sb = Sandbox::new();
     let srv = sb.server().env("IT_CUSTOM", "some value").spawn();
