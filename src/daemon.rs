@@ -9,8 +9,6 @@ use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 use nix::unistd::{ForkResult, fork, setsid};
 
-use crate::listen::Sockets;
-
 /// The daemon's end of the pipe the starting process waits on.
 pub struct Ready {
     report: OwnedFd,
@@ -18,9 +16,8 @@ pub struct Ready {
 
 /// Detaches; returns only in the daemon. The processes in between leave
 /// through `std::process::exit`, which runs no destructor: the sockets and
-/// their files stay the daemon's. (`_sockets`, bound before this call, is
-/// no longer used; the caller still passes it, as a mutable reference.)
-pub fn daemonize(_sockets: &mut Sockets) -> Result<Ready> {
+/// their files stay the daemon's.
+pub fn daemonize() -> Result<Ready> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {

@@ -76,9 +76,9 @@ fn set_up(config: Config) -> Result<Supervisor> {
         .map(|p| &mut p.fd)
         .chain(log_sink.iter_mut().map(|l| &mut l.fd))
         .collect();
-    let mut sockets = listen::bind_all(&config.listen, config.backlog, &mut internal)?;
+    let sockets = listen::bind_all(&config.listen, config.backlog, &mut internal)?;
     let ready = if config.daemonize {
-        Some(daemon::daemonize(&mut sockets)?)
+        Some(daemon::daemonize()?)
     } else {
         None
     };

@@ -432,7 +432,10 @@ fn signal_pending(pid: i32, sig: Signal) -> bool {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .filter_map(|l| l.strip_prefix("ShdPnd:").or_else(|| l.strip_prefix("SigPnd:")))
+        .filter_map(|l| {
+            l.strip_prefix("ShdPnd:")
+                .or_else(|| l.strip_prefix("SigPnd:"))
+        })
         .filter_map(|hex| u64::from_str_radix(hex.trim(), 16).ok())
         .any(|mask| mask & (1 << (sig as i32 - 1)) != 0)
 }
@@ -441,10 +444,7 @@ fn signal_pending(pid: i32, sig: Signal) -> bool {
 /// its pid file, then waits in setup for a reader. Sends `sig` there, waits
 /// until start_server has either died of it or holds it pending, then lets
 /// setup go on. Returns the server and a thread reading the log.
-fn signal_during_setup(
-    sb: &Sandbox,
-    sig: Signal,
-) -> (Server<'_>, std::thread::JoinHandle<String>) {
+fn signal_during_setup(sb: &Sandbox, sig: Signal) -> (Server<'_>, std::thread::JoinHandle<String>) {
     let fifo = sb.path("log.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
     let srv = sb
@@ -479,7 +479,11 @@ fn a_hup_during_setup_is_acted_on_once_setup_is_done() {
     srv.wait_gone(first.pid);
     srv.stop();
     let log = reader.join().expect("log reader");
-    assert_eq!(count_lines(&log, "received HUP, spawning a new worker"), 1, "{log}");
+    assert_eq!(
+        count_lines(&log, "received HUP, spawning a new worker"),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
