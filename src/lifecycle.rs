@@ -21,16 +21,19 @@ use crate::settings::Settings;
 /// Monotonic time since the supervisor started.
 pub type Time = Duration;
 
-/// Spawns are never closer than this, even with `--interval=0`, so that a
-/// broken worker cannot become a fork loop and a storm of HUPs becomes a
-/// handful of restarts.
+/// A failed start or a crash is retried no sooner than this after the
+/// spawn that failed, even with `--interval=0`, so that a broken worker
+/// cannot become a fork loop.
 pub const RETRY_GAP: Duration = Duration::from_millis(100);
 
-/// The spawns of restarts asked for by HUP are at least this far apart. A
-/// lone HUP is acted on at once; a storm of them (a deploy tool looping
-/// over hosts, an operator's loop) becomes a few restarts, the last of
-/// which spawns after the last HUP, even with `--interval=0`: HUPs that
-/// come while a restart waits for its spawn are answered by that spawn.
+/// A restart asked for by a HUP that came while the previous restart was
+/// still under way (in its start check or kill-old delay, or with old
+/// workers still alive) spawns no sooner than this after the previous HUP
+/// restart's spawn. A HUP when all is settled is acted on at once, however
+/// soon; a storm of them (a deploy tool looping over hosts, an operator's
+/// loop) becomes a few restarts, the last of which spawns after the last
+/// HUP, even with `--interval=0`: HUPs that come while a restart waits for
+/// its spawn are answered by that spawn.
 pub const HUP_GAP: Duration = Duration::from_millis(250);
 
 /// Old workers just signalled get this long to exit before a *forced*
@@ -127,8 +130,7 @@ pub struct Start {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
-    /// Not spawned yet; not before this time (nor within [`RETRY_GAP`] of
-    /// the last spawn).
+    /// Not spawned yet; not before this time.
     Waiting { not_before: Time },
     /// [`Action::Spawn`] was returned; its answer has not come yet.
     Spawning { generation: u64 },
@@ -174,7 +176,10 @@ pub struct Lifecycle {
     killed_at: Option<Time>,
     /// A HUP came that no spawn begun since has answered.
     hup_pending: bool,
-    /// When the last restart asked for by HUP began.
+    /// The pending HUP came while a restart was under way: its restart
+    /// keeps [`HUP_GAP`] from the previous one.
+    hup_paced: bool,
+    /// When the last restart asked for by HUP was to spawn.
     hup_restart_at: Option<Time>,
     last_restart: Time,
     last_spawn: Option<Time>,
@@ -199,6 +204,7 @@ impl Lifecycle {
             kill_at: None,
             killed_at: None,
             hup_pending: false,
+            hup_paced: false,
             hup_restart_at: None,
             last_restart: now,
             last_spawn: None,
@@ -303,10 +309,7 @@ impl Lifecycle {
         }
         if let Some(start) = &self.start {
             return match &start.phase {
-                Phase::Waiting { not_before } => {
-                    let gap_end = self.last_spawn.map_or(Time::ZERO, |t| t + RETRY_GAP);
-                    Some(((*not_before).max(gap_end), Due::Spawn))
-                }
+                Phase::Waiting { not_before } => Some((*not_before, Due::Spawn)),
                 Phase::Spawning { .. } => None,
                 Phase::Checking(a) if a.doomed && a.exit.is_none() => None,
                 Phase::Checking(a) => Some((a.started + self.config.interval, Due::Check)),
@@ -350,7 +353,11 @@ impl Lifecycle {
                 Due::KillOld => self.kill_old_workers(now, out),
                 Due::Hup => {
                     self.hup_pending = false;
-                    let not_before = self.hup_restart_at.map_or(now, |t| now.max(t + HUP_GAP));
+                    let not_before = match self.hup_restart_at {
+                        Some(previous) if self.hup_paced => now.max(previous + HUP_GAP),
+                        _ => now,
+                    };
+                    self.hup_paced = false;
                     self.hup_restart_at = Some(not_before);
                     log(out, "received HUP, spawning a new worker".to_string());
                     self.begin_restart(not_before);
@@ -388,6 +395,8 @@ impl Lifecycle {
         );
         if !spawn_to_come {
             self.hup_pending = true;
+            self.hup_paced |=
+                self.start.is_some() || self.kill_at.is_some() || !self.old.is_empty();
         }
     }
 
@@ -473,7 +482,9 @@ impl Lifecycle {
                 );
                 self.start = Some(Start {
                     reason: start.reason,
-                    phase: Phase::Waiting { not_before: now },
+                    phase: Phase::Waiting {
+                        not_before: attempt.started + RETRY_GAP,
+                    },
                 });
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
@@ -562,10 +573,12 @@ impl Lifecycle {
             // up, as under the reference.
             self.current = None;
             if self.start.is_none() {
+                // Its spawn was the last one: no other start ran since.
+                let spawned = self.last_spawn.unwrap_or(Time::ZERO);
                 self.start = Some(Start {
                     reason: Reason::Crash,
                     phase: Phase::Waiting {
-                        not_before: Time::ZERO,
+                        not_before: spawned + RETRY_GAP,
                     },
                 });
             }
@@ -599,6 +612,7 @@ impl Lifecycle {
         }
         self.kill_at = None;
         self.hup_pending = false;
+        self.hup_paced = false;
         let mut remaining: Vec<Worker> = self.old.drain(..).collect();
         remaining.extend(self.current.take());
         remaining.sort_by_key(|w| w.pid);

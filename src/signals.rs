@@ -28,7 +28,7 @@ pub struct Pending {
     pub shutdown: Option<Signal>,
 }
 
-/// Handlers for HUP, TERM, INT and CHLD feeding a self-pipe.
+/// Handlers for HUP, TERM, INT, ALRM and CHLD feeding a self-pipe.
 pub struct SignalQueue {
     read: OwnedFd,
     _write: OwnedFd,
@@ -57,11 +57,14 @@ impl SignalQueue {
             .context("failed to create the signal pipe")?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
         let mut ids = Vec::new();
-        let handlers: [(i32, fn()); 4] = [
+        let handlers: [(i32, fn()); 5] = [
             (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
             // No flag: the loop reaps with waitpid(WNOHANG) after every
             // wake-up, so the byte in the pipe is all SIGCHLD needs to say.
             (libc::SIGCHLD, || {}),
+            // The reference queues ALRM and then skips it: it wakes the
+            // loop and changes nothing (its default action would kill us).
+            (libc::SIGALRM, || {}),
             (libc::SIGTERM, || {
                 let _ =
                     SHUTDOWN.compare_exchange(0, libc::SIGTERM, Ordering::SeqCst, Ordering::SeqCst);

@@ -138,3 +138,20 @@ fn shutdown_waits_for_every_worker_and_rewrites_the_status_file() {
     assert!(out.ends_with("exiting\n"), "{}", srv.describe());
     assert!(!sb.status_file().exists() && !sb.pid_file().exists());
 }
+
+#[test]
+fn alrm_is_ignored_as_under_the_reference() {
+    // The reference queues SIGALRM and skips it; its default action would
+    // end start_server and orphan the worker.
+    let sb = Sandbox::new();
+    let srv = sb.server().spawn();
+    let worker = srv.wait_current(1);
+    srv.signal(Signal::SIGALRM);
+    // The ALRM is pending before the HUP is sent, so by the time the HUP
+    // took effect start_server had run, and the ALRM had been delivered.
+    srv.signal(Signal::SIGHUP);
+    srv.wait_current(2);
+    srv.wait_gone(worker.pid);
+    srv.assert_running();
+    srv.stop();
+}
