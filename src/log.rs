@@ -9,7 +9,7 @@
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::process::{Command, Stdio};
@@ -62,13 +62,8 @@ pub fn open(spec: &OsStr) -> Result<LogSink> {
 impl LogSink {
     /// Puts the sink in place of stdout and stderr, then closes the original.
     pub fn take_over_stdio(self) -> Result<()> {
-        for target in [1, 2] {
-            // SAFETY: dup2 onto the standard descriptors, which we own.
-            if unsafe { libc::dup2(self.fd.as_raw_fd(), target) } < 0 {
-                return Err(std::io::Error::last_os_error())
-                    .context("failed to redirect output to the log file");
-            }
-        }
-        Ok(())
+        nix::unistd::dup2_stdout(&self.fd)
+            .and_then(|()| nix::unistd::dup2_stderr(&self.fd))
+            .context("failed to redirect output to the log file")
     }
 }
