@@ -23,14 +23,15 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use crate::cli::Config;
+use crate::daemon;
 use crate::envdir::{self, Env};
 use crate::listen;
+use crate::log::{self, LogWriter};
 use crate::pidfile::PidFile;
 use crate::settings::{self, Settings};
 use crate::signals::{Pending, SignalName, SignalQueue, short_name};
 use crate::spawn::spawn_worker;
 use crate::status::StatusFile;
-use crate::{daemon, log};
 
 /// Failed starts and crashes are retried no faster than this, even with
 /// `--interval=0`, so a broken worker cannot become a fork loop.
@@ -124,9 +125,10 @@ pub fn run(config: Config) -> Result<()> {
             p.write_pid(std::process::id())?;
         }
         let signals = SignalQueue::install()?;
-        Ok((pid_file, signals))
+        let log = LogWriter::for_stderr()?;
+        Ok((pid_file, signals, log))
     })();
-    let (pid_file, signals) = match (result, ready) {
+    let (pid_file, signals, log) = match (result, ready) {
         (Ok(v), Some(ready)) => {
             ready.report_ready();
             v
@@ -144,7 +146,7 @@ pub fn run(config: Config) -> Result<()> {
         base_env.set(*name, value);
     }
     base_env.set("SERVER_STARTER_PORT", sockets.env_value());
-    let mut supervisor = Supervisor::new(config, base_env);
+    let mut supervisor = Supervisor::new(config, base_env, log);
     supervisor.run(&signals);
 
     // Teardown: workers are gone; then sockets and their files, the status
@@ -179,10 +181,12 @@ struct Supervisor {
     restart_pending: Option<HupBurst>,
     last_restart: Instant,
     status: Option<StatusFile>,
+    /// Where the loop's lines go, without ever blocking it.
+    log: LogWriter,
 }
 
 impl Supervisor {
-    fn new(config: Config, base_env: Env) -> Supervisor {
+    fn new(config: Config, base_env: Env, log: LogWriter) -> Supervisor {
         let now = Instant::now();
         let envdir_watch = base_env
             .get("ENVDIR")
@@ -210,6 +214,7 @@ impl Supervisor {
             restart_pending: None,
             last_restart: now,
             status: config.status_file.map(StatusFile::new),
+            log,
         };
         supervisor.reload_env();
         supervisor
@@ -235,7 +240,8 @@ impl Supervisor {
                 .next_deadline()
                 .map(|d| d.saturating_duration_since(Instant::now()));
             if let Err(e) = self.sleep(signals, timeout) {
-                log_line!("poll(2) failed: {e}; shutting down");
+                self.log
+                    .line(&format!("poll(2) failed: {e}; shutting down"));
                 self.shut_down(Signal::SIGTERM, signals);
                 return;
             }
@@ -279,7 +285,9 @@ impl Supervisor {
             }
         }
         if let Some(current) = self.current.filter(|w| w.pid == pid) {
-            log_line!("worker {pid} died unexpectedly with status:{status}, restarting");
+            self.log.line(&format!(
+                "worker {pid} died unexpectedly with status:{status}, restarting"
+            ));
             // The status file keeps listing it until the next generation is
             // up, as under the reference.
             self.current = None;
@@ -291,7 +299,8 @@ impl Supervisor {
                 });
             }
         } else if let Some(i) = self.old.iter().position(|w| w.pid == pid) {
-            log_line!("old worker {pid} died, status:{status}");
+            self.log
+                .line(&format!("old worker {pid} died, status:{status}"));
             self.old.remove(i);
             self.write_status();
         }
@@ -314,14 +323,14 @@ impl Supervisor {
             } else if let Some(burst) = self.restart_pending {
                 if now >= burst.due() {
                     self.restart_pending = None;
-                    log_line!("received HUP, spawning a new worker");
+                    self.log.line("received HUP, spawning a new worker");
                     self.begin_restart(now);
                     true
                 } else {
                     false
                 }
             } else if let Some(line) = self.auto_restart_due(now) {
-                log_line!("{line}");
+                self.log.line(&line);
                 self.begin_restart(now);
                 true
             } else {
@@ -346,9 +355,10 @@ impl Supervisor {
                 env.set("SERVER_STARTER_GENERATION", generation.to_string());
                 match spawn_worker(&self.program, &env, self.dir.as_deref()) {
                     Ok(spawned) => {
-                        log_line!("starting new worker {}", spawned.pid);
+                        self.log
+                            .line(&format!("starting new worker {}", spawned.pid));
                         if let Some(failure) = &spawned.failure {
-                            log_line!("{failure}");
+                            self.log.line(failure);
                         }
                         start.attempt = Some(Attempt {
                             worker: Worker {
@@ -362,7 +372,8 @@ impl Supervisor {
                         });
                     }
                     Err(e) => {
-                        log_line!("failed to start a new worker: {e:#}");
+                        self.log
+                            .line(&format!("failed to start a new worker: {e:#}"));
                         start.not_before = now + RETRY_GAP.max(self.interval);
                     }
                 }
@@ -376,10 +387,10 @@ impl Supervisor {
                     exit = reap_pid(worker.pid, attempt.doomed);
                 }
                 if let Some(status) = exit {
-                    log_line!(
+                    self.log.line(&format!(
                         "new worker {} seems to have failed to start, exit status:{status}",
                         worker.pid
-                    );
+                    ));
                     start.attempt = None;
                     start.not_before = worker.started + RETRY_GAP;
                 } else {
@@ -406,13 +417,16 @@ impl Supervisor {
         } else {
             join_pids(&self.old)
         };
-        log_line!(
+        self.log.line(&format!(
             "new worker is now running, sending {} to old workers:{pids}",
             self.signal_on_hup
-        );
+        ));
         let delay = self.settings.kill_old_delay.clone();
         if delay.value != 0.0 {
-            log_line!("sleeping {} secs before killing old workers", delay.text);
+            self.log.line(&format!(
+                "sleeping {} secs before killing old workers",
+                delay.text
+            ));
         }
         self.kill_at = Some(now + delay.duration());
     }
@@ -420,7 +434,7 @@ impl Supervisor {
     fn kill_old_workers(&mut self) {
         self.kill_at = None;
         self.killed_at = Some(Instant::now());
-        log_line!("killing old workers");
+        self.log.line("killing old workers");
         for w in &self.old {
             let _ = kill(Pid::from_raw(w.pid), self.signal_on_hup.signal);
         }
@@ -507,6 +521,15 @@ impl Supervisor {
                 revents: 0,
             });
         }
+        // Room in a full log output, for the lines it owes.
+        let log_fd = self.log.wants_writable().map(|fd| fd.as_raw_fd());
+        if let Some(fd) = log_fd {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLOUT,
+                revents: 0,
+            });
+        }
         // SAFETY: poll(2) on a valid array of pollfd we own.
         let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
         if n < 0 {
@@ -514,6 +537,9 @@ impl Supervisor {
             if e.kind() != std::io::ErrorKind::Interrupted {
                 return Err(e);
             }
+        }
+        if log_fd.is_some() && fds.last().is_some_and(|p| p.revents != 0) {
+            self.log.on_writable();
         }
         if let Some(watch) = &mut self.envdir_watch {
             watch.drain_events();
@@ -541,11 +567,11 @@ impl Supervisor {
         let mut remaining: Vec<Worker> = self.old.drain(..).collect();
         remaining.extend(self.current.take());
         remaining.sort_by_key(|w| w.pid);
-        log_line!(
+        self.log.line(&format!(
             "received {}, sending {signal} to all workers:{}",
             short_name(received),
             join_pids(&remaining)
-        );
+        ));
         for w in &remaining {
             let _ = kill(Pid::from_raw(w.pid), signal.signal);
         }
@@ -557,7 +583,8 @@ impl Supervisor {
             let _: Pending = signals.drain();
             while let Some((pid, status)) = reap_one() {
                 if let Some(i) = self.old.iter().position(|w| w.pid == pid) {
-                    log_line!("worker {pid} died, status:{status}");
+                    self.log
+                        .line(&format!("worker {pid} died, status:{status}"));
                     self.old.remove(i);
                     self.write_status();
                 }
@@ -569,7 +596,7 @@ impl Supervisor {
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
-        log_line!("exiting");
+        self.log.line("exiting");
     }
 
     /// Rewrites the status file; a failure is logged, never fatal.
@@ -584,10 +611,10 @@ impl Supervisor {
             .map(|w| (w.generation, w.pid))
             .collect();
         if let Err(e) = status.write(&entries) {
-            log_line!(
+            self.log.line(&format!(
                 "failed to write status file {}: {e}",
                 status.path().display()
-            );
+            ));
         }
     }
 }
