@@ -18,6 +18,7 @@
 //! | `TW_EXIT_ON=SIG,SIG` | exit 0 on these signals instead of TERM, INT and QUIT (names as in `.signals`, `SIG` prefix and case optional); wins over `TW_IGNORE_TERM` |
 //! | `TW_EXIT_AFTER_MS=N` | exit after N milliseconds, with `TW_EXIT_CODE` (default 0) |
 //! | `TW_ORPHAN_MS=N` | at start, leave behind an orphaned grandchild that sleeps N ms |
+//! | `TW_WRITE_STDOUT=N` | once started, write N bytes (lines of `x`) to stdout from a thread, with blocking writes, as a chatty server does; a full pipe blocks only that thread |
 //!
 //! Files written into `TW_DIR`, named by the worker's pid:
 //!
@@ -36,6 +37,7 @@
 //!   TERM, INT, QUIT, USR1, USR2).
 //! - `PID.orphan`: the pid of the grandchild left by `TW_ORPHAN_MS`, written
 //!   before `PID.start`.
+//! - `PID.wrote`: written once all of `TW_WRITE_STDOUT` went out.
 //! - `PID.exit` (atomically, just before a deliberate exit): `reason=` (a
 //!   signal name, `timer` or `parent-gone`), `code=`, `time_ms=`.
 //!
@@ -52,7 +54,7 @@ use std::fmt::Write as _;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, UdpSocket};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -145,6 +147,7 @@ struct Config {
     exit_after: Option<Duration>,
     exit_code: i32,
     orphan_after: Option<Duration>,
+    write_stdout: Option<usize>,
 }
 
 /// Who answers: the body of every response.
@@ -306,6 +309,14 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
             reports.exit("timer", code);
         });
     }
+    if let Some(bytes) = config.write_stdout {
+        let reports = reports.clone();
+        thread::spawn(move || {
+            if write_stdout(bytes) {
+                reports.write("wrote", &format!("{bytes}\n"));
+            }
+        });
+    }
     for (key, listener) in listeners {
         let key = key.to_string_lossy().into_owned();
         let identity = Arc::clone(&identity);
@@ -341,6 +352,7 @@ fn read_config() -> Result<Config, Failure> {
         exit_after: number("TW_EXIT_AFTER_MS")?.map(Duration::from_millis),
         exit_code: number("TW_EXIT_CODE")?.unwrap_or(0),
         orphan_after: number("TW_ORPHAN_MS")?.map(Duration::from_millis),
+        write_stdout: number("TW_WRITE_STDOUT")?,
     })
 }
 
@@ -599,6 +611,27 @@ fn watch_signals(mut signals: Signals, reports: &Reports, exit_on: &[c_int]) {
             reports.exit(&name, 0);
         }
     }
+}
+
+/// Writes `bytes` bytes of `x` lines to stdout through a descriptor of its
+/// own: a write blocked on a full pipe then holds no lock that exiting
+/// needs (`Stdout`'s). Whether all went out.
+fn write_stdout(bytes: usize) -> bool {
+    const LINE: usize = 100;
+    let mut text = Vec::with_capacity(bytes);
+    while text.len() < bytes {
+        let n = LINE.min(bytes - text.len());
+        text.extend(std::iter::repeat_n(b'x', n - 1));
+        text.push(b'\n');
+    }
+    let result = io::stdout()
+        .as_fd()
+        .try_clone_to_owned()
+        .and_then(|fd| fs::File::from(fd).write_all(&text));
+    if let Err(err) = &result {
+        eprintln!("test_worker: cannot write to stdout: {err}");
+    }
+    result.is_ok()
 }
 
 /// Exits once the supervisor is gone, so that a test never leaks a worker.

@@ -29,15 +29,16 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::cli::Config;
+use crate::daemon;
 use crate::envdir::{self, Env};
 use crate::lifecycle::{self, Action, Event, Lifecycle, Sig, Stop, Time};
 use crate::listen::{self, Sockets};
+use crate::log::{self, LogWriter};
 use crate::pidfile::PidFile;
 use crate::settings;
 use crate::signals::{SignalName, SignalQueue};
 use crate::spawn::spawn_worker;
 use crate::status::StatusFile;
-use crate::{daemon, log};
 
 /// The signals held back while setting up: one that arrives while the
 /// sockets are being bound is acted on once the loop runs, instead of
@@ -92,20 +93,20 @@ fn set_up(config: Config) -> Result<Supervisor> {
             Err(e) => ready.report_error(e),
         }
     }
-    let signals = finished?;
+    let (signals, log) = finished?;
     held.thread_unblock().context("failed to unblock signals")?;
-    Ok(Supervisor::new(config, sockets, signals, pid_file))
+    Ok(Supervisor::new(config, sockets, signals, log, pid_file))
 }
 
 /// The steps after daemonizing: the log takes over stdout and stderr, the
-/// daemon lets go of the terminal, the pid file gets our pid, and the
-/// signal queue is installed.
+/// daemon lets go of the terminal, the pid file gets our pid, the signal
+/// queue is installed, and the loop gets its own writer to the log.
 fn finish_setup(
     log_sink: Option<log::LogSink>,
     ready: Option<&daemon::Ready>,
     sockets: &Sockets,
     pid_file: Option<&mut PidFile>,
-) -> Result<SignalQueue> {
+) -> Result<(SignalQueue, LogWriter)> {
     if let Some(sink) = log_sink {
         sink.take_over_stdio()?;
     }
@@ -115,7 +116,7 @@ fn finish_setup(
     if let Some(p) = pid_file {
         p.write_pid(std::process::id())?;
     }
-    SignalQueue::install()
+    Ok((SignalQueue::install()?, LogWriter::for_stderr()?))
 }
 
 /// The running supervisor: the core and what its actions act on.
@@ -132,6 +133,8 @@ struct Supervisor {
     envdir_watch: Option<envdir::Watch>,
     status: Option<StatusFile>,
     signals: SignalQueue,
+    /// The loop's lines: never blocks, counts what it had to drop.
+    log: LogWriter,
     sockets: Sockets,
     /// Released last, at exit: `--stop` waits on its lock.
     pid_file: Option<PidFile>,
@@ -149,6 +152,7 @@ impl Supervisor {
         config: Config,
         sockets: Sockets,
         signals: SignalQueue,
+        log: LogWriter,
         pid_file: Option<PidFile>,
     ) -> Supervisor {
         let mut base_env = Env::inherited();
@@ -176,6 +180,7 @@ impl Supervisor {
             envdir_watch,
             status: config.status_file.map(StatusFile::new),
             signals,
+            log,
             sockets,
             pid_file,
         };
@@ -215,7 +220,8 @@ impl Supervisor {
             if let Err(e) = self.sleep() {
                 // Without poll(2), shut down, looking for exits now and then.
                 if self.core.stopping().is_none() {
-                    log_line!("poll(2) failed: {e}; shutting down");
+                    self.log
+                        .line(&format!("poll(2) failed: {e}; shutting down"));
                     self.feed(Event::Stop(Stop::Term));
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -231,7 +237,7 @@ impl Supervisor {
         let mut queue: VecDeque<Action> = self.core.step(event, now).into();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Log(line) => log_line!("{line}"),
+                Action::Log(line) => self.log.line(&line),
                 Action::Spawn { generation } => {
                     let answer = self.spawn(generation);
                     let now = self.now();
@@ -327,11 +333,27 @@ impl Supervisor {
         if let Some(fd) = self.envdir_watch.as_ref().and_then(|w| w.fd()) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
+        // Lines were dropped on a full log pipe: wake when it has room.
+        let log_waits = match self.log.wants_writable() {
+            Some(fd) => {
+                fds.push(PollFd::new(fd, PollFlags::POLLOUT));
+                true
+            }
+            None => false,
+        };
         match poll(&mut fds, timeout) {
             Ok(_) | Err(Errno::EINTR) => {}
             Err(e) => return Err(e),
         }
+        let log_ready = log_waits
+            && fds
+                .last()
+                .and_then(PollFd::revents)
+                .is_some_and(|r| !r.is_empty());
         drop(fds);
+        if log_ready {
+            self.log.on_writable();
+        }
         if let Some(watch) = &mut self.envdir_watch {
             watch.drain_events();
         }
@@ -344,10 +366,11 @@ impl Supervisor {
             return;
         };
         if let Err(e) = status.write(entries) {
-            log_line!(
+            let line = format!(
                 "failed to write status file {}: {e}",
                 status.path().display()
             );
+            self.log.line(&line);
         }
     }
 

@@ -47,6 +47,7 @@ const SCRUBBED_ENV: &[&str] = &[
     "TW_EXIT_CODE",
     "TW_SET_NONBLOCK",
     "TW_ORPHAN_MS",
+    "TW_WRITE_STDOUT",
 ];
 
 /// The binary under test: `$START_SERVER_BIN` when set (to run the suite
