@@ -89,9 +89,9 @@ impl Plan {
             startup_runs: 10,
             switch_runs: 20,
             cycle_runs: 20,
-            restart_runs: 5,
-            load_runs: 3,
-            load_duration: Duration::from_secs(10),
+            restart_runs: 3,
+            load_runs: 2,
+            load_duration: Duration::from_secs(8),
             hup_period: Duration::from_millis(1500),
             paced_connections: 4,
             paced_period: Duration::from_millis(2),
@@ -102,7 +102,7 @@ impl Plan {
             idle_duration: Duration::from_secs(10),
             storm_runs: 3,
             storm_hups: 100,
-            storm_cap: Duration::from_secs(6),
+            storm_cap: Duration::from_secs(4),
         }
     }
 
@@ -121,7 +121,6 @@ impl Plan {
             idle_instances: 1,
             idle_duration: Duration::from_secs(3),
             storm_runs: 1,
-            storm_cap: Duration::from_secs(4),
             ..Plan::full()
         }
     }
@@ -1126,7 +1125,7 @@ pub fn storm(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), St
             };
             hup_storm(&instance, plan.storm_hups, Instant::now());
             instance.signal(libc::SIGTERM);
-            let limit = Duration::from_secs(3);
+            let limit = Duration::from_secs(1);
             match instance.wait_exit(limit) {
                 Some(took) => results.add(STORM_TERM, who, ms(took)),
                 None => results.add_capped(STORM_TERM, who, ms(limit)),
