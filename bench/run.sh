@@ -1,8 +1,9 @@
 #!/bin/sh
 # Benchmarks our start_server against the Perl reference, side by side.
 #
-#   bench/run.sh            the full run (about 6 minutes on 2 cores)
+#   bench/run.sh            the full run (about 5 minutes on 2 cores)
 #   bench/run.sh --quick    a short pass, to check the harness itself
+#   bench/run.sh --impl NAME=BINARY ...   another start_server beside them
 #
 # Installs what it needs (Debian packages), builds our binary, the bench
 # worker and the harness in release mode, then writes bench/results/results.md

@@ -16,6 +16,11 @@
 //! connections that stay idle for half a second, and exits 0 when none is
 //! left, or five seconds after the signal at the latest.
 //!
+//! When `BENCH_EXEC_STAMP` names a file, the first thing `main` does is
+//! take CLOCK_MONOTONIC and append `PID NANOSECONDS\n` to that file (one
+//! O_APPEND write), so that the harness can tell when each worker was
+//! exec'd on the same clock it takes before sending a signal.
+//!
 //! It also exits when its parent is gone (checked about once a second), so
 //! an interrupted benchmark leaves no worker behind. Exit status 3 and a line
 //! on stderr for a setup error (no TCP socket inherited, and the like).
@@ -88,12 +93,38 @@ impl Responses {
 }
 
 fn main() -> ExitCode {
+    stamp_exec();
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             let _ = writeln!(io::stderr(), "bench_worker: {e}");
             ExitCode::from(3)
         }
+    }
+}
+
+/// Appends `PID NANOSECONDS\n` (CLOCK_MONOTONIC, taken first) to the file
+/// named by `BENCH_EXEC_STAMP`, if set. Failures are ignored: the stamp is
+/// for the harness, never a reason not to serve.
+fn stamp_exec() {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    let Some(path) = std::env::var_os("BENCH_EXEC_STAMP") else {
+        return;
+    };
+    let nanos = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    let line = format!("{} {nanos}\n", std::process::id());
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+    {
+        // One write(2) of a short line: O_APPEND keeps lines whole.
+        let _ = file.write_all(line.as_bytes());
     }
 }
 

@@ -11,12 +11,13 @@ use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Outcome};
 
-/// Which start_server.
+/// Which start_server, and with which `--interval`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Who {
     /// Ours, with the same `--interval` as the reference.
@@ -25,6 +26,32 @@ pub enum Who {
     Reference,
     /// Ours with a fractional `--interval` the reference cannot take.
     OursFast,
+    /// An extra implementation given with `--impl NAME=BINARY` (its index
+    /// in the order given), with the same options as ours.
+    Extra(usize),
+    /// An extra implementation with the `--interval` of [`Who::OursFast`].
+    ExtraFast(usize),
+}
+
+/// The names of the extra implementations and of their fast variants,
+/// set once from the command line.
+static EXTRA_NAMES: OnceLock<Vec<(&'static str, &'static str)>> = OnceLock::new();
+
+/// Names the extra implementations (once, before any [`Who::name`]).
+pub fn set_extra_names(names: &[String]) {
+    let names = names
+        .iter()
+        .map(|n| {
+            let fast: &'static str = Box::leak(format!("{n}-fast").into_boxed_str());
+            let name: &'static str = Box::leak(n.clone().into_boxed_str());
+            (name, fast)
+        })
+        .collect();
+    let _ = EXTRA_NAMES.set(names);
+}
+
+fn extra_names() -> &'static [(&'static str, &'static str)] {
+    EXTRA_NAMES.get().map_or(&[], Vec::as_slice)
 }
 
 impl Who {
@@ -33,30 +60,85 @@ impl Who {
             Who::Ours => "ours",
             Who::Reference => "reference",
             Who::OursFast => "ours-fast",
+            Who::Extra(i) => extra_names().get(i).map_or("extra?", |n| n.0),
+            Who::ExtraFast(i) => extra_names().get(i).map_or("extra-fast?", |n| n.1),
         }
     }
 
-    /// The two that are compared, in the order run `run` uses: alternating
-    /// which goes first, so that neither always runs on a warmer machine.
-    pub fn pair(run: usize) -> [Who; 2] {
-        if run.is_multiple_of(2) {
-            [Who::Ours, Who::Reference]
-        } else {
-            [Who::Reference, Who::Ours]
+    /// Everything compared with the same options: ours, the reference and
+    /// the extra implementations.
+    pub fn compared() -> Vec<Who> {
+        let mut all = vec![Who::Ours, Who::Reference];
+        all.extend((0..extra_names().len()).map(Who::Extra));
+        all
+    }
+
+    /// [`Who::compared`] in the order run `run` uses: rotated by one each
+    /// run, so that none always runs first or on a warmer machine (with
+    /// ours and the reference only: alternating which goes first).
+    pub fn order(run: usize) -> Vec<Who> {
+        let mut all = Who::compared();
+        let n = all.len();
+        all.rotate_left(run % n);
+        all
+    }
+
+    /// Those that also run with the fractional `--interval`: ours and the
+    /// extra implementations.
+    pub fn fast() -> Vec<Who> {
+        let mut all = vec![Who::OursFast];
+        all.extend((0..extra_names().len()).map(Who::ExtraFast));
+        all
+    }
+
+    /// The variant of `self` with the fractional `--interval` (none for
+    /// the reference).
+    pub fn fast_variant(self) -> Option<Who> {
+        match self {
+            Who::Ours | Who::OursFast => Some(Who::OursFast),
+            Who::Extra(i) | Who::ExtraFast(i) => Some(Who::ExtraFast(i)),
+            Who::Reference => None,
         }
+    }
+
+    pub fn is_fast(self) -> bool {
+        matches!(self, Who::OursFast | Who::ExtraFast(_))
+    }
+
+    /// An extra implementation: one that may not take every option, whose
+    /// failures make a cell "n/a" instead of stopping the run.
+    pub fn is_extra(self) -> bool {
+        matches!(self, Who::Extra(_) | Who::ExtraFast(_))
+    }
+
+    /// The `--interval` argument this one runs with where the comparison
+    /// uses [`INTERVAL`].
+    pub fn interval_arg(self) -> &'static str {
+        if self.is_fast() {
+            FAST_INTERVAL
+        } else {
+            INTERVAL
+        }
+    }
+
+    /// That `--interval`, in seconds.
+    pub fn interval(self) -> f64 {
+        if self.is_fast() { 0.1 } else { 1.0 }
     }
 }
 
 /// The `--interval` every comparison uses (the reference takes whole
 /// seconds only).
 pub const INTERVAL: &str = "--interval=1";
-/// The extra `--interval` of [`Who::OursFast`].
+/// The extra `--interval` of [`Who::OursFast`] and [`Who::ExtraFast`].
 pub const FAST_INTERVAL: &str = "--interval=0.1";
 
 /// Where the programs are and where the run's files go.
 pub struct Setup {
     pub ours: PathBuf,
     pub reference: PathBuf,
+    /// `--impl NAME=BINARY`: the binaries of [`Who::Extra`], in order.
+    pub extras: Vec<(String, PathBuf)>,
     pub worker: PathBuf,
     /// Status and pid files, logs, raw data.
     pub raw: PathBuf,
@@ -67,6 +149,7 @@ impl Setup {
         match who {
             Who::Ours | Who::OursFast => &self.ours,
             Who::Reference => &self.reference,
+            Who::Extra(i) | Who::ExtraFast(i) => &self.extras[i].1,
         }
     }
 
@@ -82,6 +165,9 @@ pub struct Instance {
     pub port: u16,
     pub status_file: PathBuf,
     pub pid_file: PathBuf,
+    /// Where each worker appends its exec stamp (`BENCH_EXEC_STAMP`).
+    pub stamp_file: PathBuf,
+    pub log: PathBuf,
     /// Taken just before the fork, for the start-up time.
     pub spawned_at: Instant,
     child: Child,
@@ -97,8 +183,11 @@ impl Instance {
         let status_file = setup.raw.join(format!("{tag}.status"));
         let pid_file = setup.raw.join(format!("{tag}.pid"));
         let _ = fs::remove_file(&status_file);
+        let stamp_file = setup.raw.join(format!("{tag}.stamps"));
         let _ = fs::remove_file(&pid_file);
-        let log = File::create(setup.log(&tag)).map_err(|e| format!("{tag}: log file: {e}"))?;
+        let _ = fs::remove_file(&stamp_file);
+        let log_path = setup.log(&tag);
+        let log = File::create(&log_path).map_err(|e| format!("{tag}: log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(setup.binary(who));
         command
@@ -108,6 +197,7 @@ impl Instance {
             .args(args)
             .arg("--")
             .arg(&setup.worker)
+            .env("BENCH_EXEC_STAMP", &stamp_file)
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -120,6 +210,8 @@ impl Instance {
             port,
             status_file,
             pid_file,
+            stamp_file,
+            log: log_path,
             spawned_at,
             child,
             reaped: false,
@@ -162,6 +254,14 @@ impl Instance {
     ) -> Result<(u64, i32), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
+            if let Some(status) = exit_status_unreaped(self.pid) {
+                return Err(format!(
+                    "{} (pid {}) exited ({status}): {}",
+                    self.who.name(),
+                    self.pid,
+                    self.log_head()
+                ));
+            }
             if let Some(single) = self.single_generation()
                 && single.0 > after
                 && let Outcome::Ok { generation } = http::get(self.port, Duration::from_secs(2))
@@ -176,6 +276,42 @@ impl Instance {
             self.who.name(),
             self.pid
         ))
+    }
+
+    /// The first non-empty line of its log (where a start_server that
+    /// exits at once says why), for an error message.
+    pub fn log_head(&self) -> String {
+        let text = fs::read_to_string(&self.log).unwrap_or_default();
+        let line = text.lines().find(|l| !l.trim().is_empty());
+        line.map_or("(empty log)".to_string(), |l| {
+            l.trim().chars().take(160).collect()
+        })
+    }
+
+    /// The exec stamps of its workers so far: `(pid, CLOCK_MONOTONIC ns)`,
+    /// in the order written.
+    pub fn exec_stamps(&self) -> Vec<(i32, u64)> {
+        fs::read_to_string(&self.stamp_file)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (pid, nanos) = l.split_once(' ')?;
+                Some((pid.parse().ok()?, nanos.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// The exec stamp of worker `pid`.
+    pub fn exec_stamp_of(&self, pid: i32) -> Option<u64> {
+        self.exec_stamps()
+            .into_iter()
+            .find_map(|(p, nanos)| (p == pid).then_some(nanos))
+    }
+
+    /// True once the supervisor has exited (it stays a zombie until
+    /// [`Instance::wait_exit`] or drop).
+    pub fn has_exited(&self) -> bool {
+        has_exited_unreaped(self.pid)
     }
 
     pub fn signal(&self, signal: i32) {
@@ -232,6 +368,12 @@ impl Drop for Instance {
 
 /// True once `pid`, our child, has exited; it stays a zombie for us to reap.
 fn has_exited_unreaped(pid: i32) -> bool {
+    exit_status_unreaped(pid).is_some()
+}
+
+/// How `pid`, our child, ended (`exit N` or `signal N`), once it has; it
+/// stays a zombie for us to reap.
+fn exit_status_unreaped(pid: i32) -> Option<String> {
     // SAFETY: all-zero bytes are a valid siginfo_t.
     let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
     // SAFETY: waitid(2) with WNOWAIT only reads the child's state.
@@ -244,7 +386,27 @@ fn has_exited_unreaped(pid: i32) -> bool {
         )
     };
     // SAFETY: si_pid is set by waitid for WEXITED (0 when nothing exited).
-    rc == 0 && unsafe { info.si_pid() } == pid
+    if rc != 0 || unsafe { info.si_pid() } != pid {
+        return None;
+    }
+    // SAFETY: si_status is set along with si_pid.
+    let status = unsafe { info.si_status() };
+    Some(if info.si_code == libc::CLD_EXITED {
+        format!("exit {status}")
+    } else {
+        format!("signal {status}")
+    })
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the workers' exec stamps.
+pub fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime(2) writes into the timespec we own.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
 
 /// A port on 127.0.0.1 that nothing listens on right now.

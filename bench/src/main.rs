@@ -1,6 +1,7 @@
-//! `ss-bench`: our start_server and the Perl reference, side by side.
+//! `ss-bench`: our start_server and the Perl reference, side by side, and
+//! any number of other implementations beside them (`--impl NAME=BINARY`).
 //!
-//! Runs every measurement of `scenarios` on both, interleaved, with the
+//! Runs every measurement of `scenarios` on each, interleaved, with the
 //! bench worker behind them; writes `results.md` (the table and the
 //! targets, each met or missed) and `latency.png` into the output
 //! directory, the raw data and every process's log into `OUT/raw/`.
@@ -26,16 +27,21 @@ use instance::Setup;
 use results::Results;
 use scenarios::Plan;
 
-const USAGE: &str = "usage: ss-bench --ours BIN --reference BIN --worker BIN --out DIR [--quick]
+const USAGE: &str = "usage: ss-bench --ours BIN --reference BIN --worker BIN --out DIR
+                [--impl NAME=BIN]... [--quick] [--only NAME[,NAME...]]
 
-  --ours BIN       our start_server (target/release/start_server)
-  --reference BIN  the Perl reference (/usr/bin/start_server)
-  --worker BIN     the bench worker (target/release/examples/bench_worker)
-  --out DIR        where results.md and latency.png go (bench/results)
-  --quick          a short pass over everything, to check the harness
-  --only NAME      only the steps whose name contains NAME (start-up,
-                   switchover, --restart, wrk, per-request, footprint,
-                   idle, storm)
+  --ours BIN        our start_server (target/release/start_server)
+  --reference BIN   the Perl reference (/usr/bin/start_server)
+  --worker BIN      the bench worker (target/release/examples/bench_worker)
+  --out DIR         where results.md and latency.png go (bench/results)
+  --impl NAME=BIN   another start_server to run in every step beside ours
+                    and the reference (repeatable; NAME: letters, digits,
+                    `-`, `_`, `.`); a step it cannot take part in shows n/a
+  --quick           a short pass over everything, to check the harness
+  --only NAME       only the steps whose name contains NAME, or any of
+                    several NAMEs separated by commas (start-up,
+                    switchover, cycle, exec, --restart, wrk, per-request,
+                    footprint, idle, storm)
 ";
 
 struct Args {
@@ -49,6 +55,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let (mut ours, mut reference, mut worker, mut out, mut quick) = (None, None, None, None, false);
     let mut only = None;
+    let mut extras: Vec<(String, PathBuf)> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = || {
@@ -63,6 +70,13 @@ fn parse_args() -> Result<Args, String> {
             "--out" => out = Some(value()?),
             "--quick" => quick = true,
             "--only" => only = Some(args.next().ok_or("--only needs a value")?),
+            "--impl" => {
+                let spec = args.next().ok_or("--impl needs NAME=BINARY")?;
+                let (name, binary) = spec
+                    .split_once('=')
+                    .ok_or(format!("--impl {spec}: NAME=BINARY expected"))?;
+                extras.push((name.to_string(), PathBuf::from(binary)));
+            }
             "--help" | "-h" => return Err(String::new()),
             other => return Err(format!("unknown argument {other}")),
         }
@@ -72,13 +86,34 @@ fn parse_args() -> Result<Args, String> {
         std::path::absolute(&p).map_err(|e| format!("{}: {e}", p.display()))
     };
     let out = absolute(out, "--out")?;
+    let mut names: Vec<&str> = vec!["ours", "reference", "ours-fast"];
+    for (name, _) in &extras {
+        let valid = name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if name.is_empty() || !valid {
+            return Err(format!("--impl {name}: letters, digits, -, _ and . only"));
+        }
+        if names.contains(&name.as_str()) || names.contains(&format!("{name}-fast").as_str()) {
+            return Err(format!("--impl {name}: name taken"));
+        }
+        names.push(name);
+    }
+    let extras = extras
+        .into_iter()
+        .map(|(name, binary)| Ok((name, absolute(Some(binary), "--impl")?)))
+        .collect::<Result<Vec<_>, String>>()?;
     let setup = Setup {
         ours: absolute(ours, "--ours")?,
         reference: absolute(reference, "--reference")?,
+        extras,
         worker: absolute(worker, "--worker")?,
         raw: out.join("raw"),
     };
-    for p in [&setup.ours, &setup.reference, &setup.worker] {
+    let binaries = [&setup.ours, &setup.reference, &setup.worker]
+        .into_iter()
+        .chain(setup.extras.iter().map(|(_, binary)| binary));
+    for p in binaries {
         if !p.is_file() {
             return Err(format!("{} not found", p.display()));
         }
@@ -102,6 +137,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let names: Vec<String> = args.setup.extras.iter().map(|(n, _)| n.clone()).collect();
+    instance::set_extra_names(&names);
     instance::install_cleanup_handler();
     match run(&args) {
         // Missed targets are a result, not a failure of the run.
@@ -128,16 +165,27 @@ fn run(args: &Args) -> Result<(), String> {
     let mut results = Results::default();
 
     type Step = fn(&Setup, &Plan, &mut Results) -> Result<(), String>;
-    let steps: [(&str, Step); 7] = [
+    let steps: [(&str, Step); 8] = [
         ("start-up", scenarios::startup),
-        ("switchover", scenarios::switchover),
+        (
+            "switchover and HUP → exec, --interval=1",
+            scenarios::switchover,
+        ),
+        (
+            "restart cycle and HUP → exec, --interval=0",
+            scenarios::cycle,
+        ),
         ("--restart", scenarios::restart_command),
         ("wrk load with restarts", scenarios::load),
         ("footprint", scenarios::footprint),
         ("idle wake-ups", scenarios::idle),
         ("HUP storm", scenarios::storm),
     ];
-    let wanted = |name: &str| args.only.as_deref().is_none_or(|only| name.contains(only));
+    let wanted = |name: &str| {
+        args.only
+            .as_deref()
+            .is_none_or(|only| only.split(',').any(|o| name.contains(o.trim())))
+    };
     let mut paced = Vec::new();
     for (i, (name, step)) in steps.iter().enumerate() {
         if wanted(name) {
@@ -148,7 +196,7 @@ fn run(args: &Args) -> Result<(), String> {
         }
         // The per-request runs for the picture follow the wrk runs.
         let name = "per-request latency with restarts";
-        if i == 3 && wanted(name) {
+        if i == 4 && wanted(name) {
             let t = Instant::now();
             eprintln!("== {name}");
             paced = scenarios::paced(setup, &plan, &mut results)?;
@@ -231,13 +279,35 @@ fn header(setup: &Setup, plan: &Plan, seconds: f64, load_before: &str) -> String
     let wrk = wrk.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
     let date = first_line("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let load = load_average();
+    let extras: String = setup
+        .extras
+        .iter()
+        .map(|(name, binary)| {
+            let version = first_line(&binary.to_string_lossy(), &["--version"]);
+            format!("; {name}: `{}` (`--version`: {version})", binary.display())
+        })
+        .collect();
+    let (title, every, order) = if setup.extras.is_empty() {
+        (
+            "ours vs the Perl reference",
+            "both",
+            "Ours and the reference run the same scenario one after the other, alternating which goes first.",
+        )
+    } else {
+        (
+            "ours, the Perl reference and others",
+            "all",
+            "All run the same scenario one after the other, rotating which goes first. \
+             n/a: that implementation could not take part in the step (why: below the table).",
+        )
+    };
     format!(
-        "# start_server benchmark: ours vs the Perl reference\n\n\
+        "# start_server benchmark: {title}\n\n\
          {date}{}, {seconds:.0} s (load average at the start: {load_before}, at the end: {load}). Machine: {cpu}, {cores} cores, {mem_gib:.0} GiB, Linux {}. \
          ours: start_server {ours} (release build); reference: Server::Starter {reference} \
-         (`{}`, perl {perl}); {wrk}; worker: `bench_worker` (examples/bench_worker.rs) for both.\n\n\
-         Ours and the reference run the same scenario one after the other, alternating which goes first. \
-         Cells are median (min–max) over the runs; `>` marks a run stopped at its time limit. \
+         (`{}`, perl {perl}){extras}; {wrk}; worker: `bench_worker` (examples/bench_worker.rs) for {every}.\n\n\
+         {order} \
+         Cells are median (min–max) over the runs, some with the 90th percentile (p90); `>` marks a run stopped at its time limit. \
          Everything runs on 127.0.0.1.\n\n",
         if plan.startup_runs < Plan::full().startup_runs {
             " (quick pass)"

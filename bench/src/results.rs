@@ -19,6 +19,9 @@ pub struct Results {
     samples: BTreeMap<(String, Who), Vec<Sample>>,
     /// Text observations, the first one kept per key.
     notes: BTreeMap<(String, Who), String>,
+    /// Measurements that could not be taken of an extra implementation
+    /// (an option it does not take, a command it lacks), and why.
+    not_applicable: BTreeMap<(String, Who), String>,
 }
 
 impl Results {
@@ -57,6 +60,40 @@ impl Results {
         self.notes.entry((key.to_string(), who)).or_insert(text);
     }
 
+    /// Marks `keys` as not measurable for `who`, for `reason` (the first
+    /// reason is kept).
+    pub fn not_applicable(&mut self, keys: &[&str], who: Who, reason: &str) {
+        for key in keys {
+            self.not_applicable
+                .entry((key.to_string(), who))
+                .or_insert_with(|| reason.to_string());
+        }
+    }
+
+    /// Why `key` could not be measured for `who`, if it was marked so and
+    /// has no sample.
+    pub fn why_not(&self, key: &str, who: Who) -> Option<&str> {
+        if !self.get(key, who).is_empty() {
+            return None;
+        }
+        self.not_applicable
+            .get(&(key.to_string(), who))
+            .map(String::as_str)
+    }
+
+    /// Every reason given for a measurement not taken, once per `who`.
+    pub fn not_applicable_reasons(&self) -> Vec<(Who, &str)> {
+        let mut reasons: Vec<(Who, &str)> = self
+            .not_applicable
+            .iter()
+            .filter(|((key, who), _)| self.get(key, *who).is_empty())
+            .map(|((_, who), reason)| (*who, reason.as_str()))
+            .collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        reasons
+    }
+
     pub fn get_note(&self, key: &str, who: Who) -> Option<&str> {
         self.notes.get(&(key.to_string(), who)).map(String::as_str)
     }
@@ -89,6 +126,8 @@ pub struct Stats {
     pub median: f64,
     /// The sample at (or next to) the median is capped.
     pub median_capped: bool,
+    /// The 90th percentile (nearest rank).
+    pub p90: f64,
     pub min: f64,
     pub max: f64,
     pub max_capped: bool,
@@ -108,6 +147,7 @@ impl Stats {
         Some(Stats {
             median: (low.value + high.value) / 2.0,
             median_capped: low.capped || high.capped,
+            p90: sorted[(n * 9).div_ceil(10).max(1) - 1].value,
             min: sorted[0].value,
             max: sorted[n - 1].value,
             max_capped: sorted.iter().any(|s| s.capped),
@@ -137,6 +177,9 @@ mod tests {
         assert_eq!((s.median, s.min, s.max, s.sum), (3.0, 1.0, 5.0, 9.0));
         let s = Stats::of(&samples(&[4.0, 1.0, 3.0, 2.0])).unwrap();
         assert_eq!(s.median, 2.5);
+        let twenty: Vec<f64> = (1..=20).map(f64::from).collect();
+        assert_eq!(Stats::of(&samples(&twenty)).unwrap().p90, 18.0);
+        assert_eq!(Stats::of(&samples(&[7.0])).unwrap().p90, 7.0);
         assert!(Stats::of(&[]).is_none());
     }
 

@@ -1,21 +1,29 @@
-//! The measurements. Each runs ours and the reference in the same way,
-//! alternating which goes first from one run to the next, and adds its
-//! numbers to [`Results`] under the keys below.
+//! The measurements. Each runs ours, the reference and every extra
+//! implementation (`--impl`) in the same way, rotating which goes first
+//! from one run to the next, and adds its numbers to [`Results`] under the
+//! keys below.
 //!
 //! Every wait is bounded: a measurement that runs out of time is recorded
-//! as capped (the reference's HUP storm) or reported and skipped.
+//! as capped (the reference's HUP storm) or reported and skipped. An extra
+//! implementation that does not start with the options of a step (or lacks
+//! `--restart`) gets "n/a" for that step's measurements instead of stopping
+//! the run; for ours and the reference that is an error.
 
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Outcome, Record};
-use crate::instance::{FAST_INTERVAL, INTERVAL, Instance, Setup, Who};
+use crate::instance::{INTERVAL, Instance, Setup, Who, monotonic_ns};
 use crate::procfs;
 use crate::results::Results;
 use crate::wrk::{self, Mode};
 
 pub const STARTUP: &str = "startup_ms";
+pub const SWITCH_EXEC: &str = "switch_hup_to_exec_ms";
 pub const SWITCH_FIRST: &str = "switch_first_request_ms";
 pub const SWITCH_STATUS: &str = "switch_status_ms";
+pub const CYCLE_EXEC: &str = "cycle0_hup_to_exec_ms";
+pub const CYCLE_STATUS: &str = "cycle0_status_ms";
+pub const CYCLE_LOST: &str = "cycle0_hups_lost";
 pub const RESTART_WALL: &str = "restart_command_ms";
 pub const RESTART_LAG: &str = "restart_after_old_gone_ms";
 pub const RSS_START: &str = "rss_start_kib";
@@ -29,12 +37,14 @@ pub const FDS_AFTER: &str = "fds_after_restarts";
 pub const CPU_PER_RESTART: &str = "cpu_ms_per_restart";
 pub const SCHED_CPU_PER_RESTART: &str = "schedstat_cpu_ms_per_restart";
 pub const LOST_HUPS: &str = "hups_lost";
+pub const RESTARTS_DONE: &str = "restarts_done";
 pub const TIME_PER_RESTART: &str = "wall_ms_per_restart";
 pub const WAKEUPS: &str = "idle_wakeups";
 pub const WAKEUPS_AUTO: &str = "idle_wakeups_auto_restart";
 pub const STORM_SETTLE: &str = "storm_settle_ms";
 pub const STORM_SETTLE_FROM_LAST: &str = "storm_settle_after_last_hup_ms";
-pub const STORM_RESTARTS: &str = "storm_generations_started";
+pub const STORM_SPAWNS: &str = "storm_workers_execd";
+pub const STORM_LAST_EXEC: &str = "storm_last_exec_after_last_hup_ms";
 pub const STORM_TERM: &str = "storm_term_exit_ms";
 pub const PACED_REQUESTS: &str = "paced_requests";
 pub const PACED_SOCKET_ERRORS: &str = "paced_socket_errors";
@@ -53,6 +63,7 @@ pub fn wrk_key(mode: Mode, what: &str) -> String {
 pub struct Plan {
     pub startup_runs: usize,
     pub switch_runs: usize,
+    pub cycle_runs: usize,
     pub restart_runs: usize,
     pub load_runs: usize,
     pub load_duration: Duration,
@@ -61,6 +72,10 @@ pub struct Plan {
     pub paced_period: Duration,
     pub footprint_runs: usize,
     pub restarts: usize,
+    /// A footprint run stops after this long even if it has not done
+    /// `restarts` restarts yet (an implementation that takes a second per
+    /// restart at `--interval=0`).
+    pub footprint_budget: Duration,
     pub idle_instances: usize,
     pub idle_duration: Duration,
     pub storm_runs: usize,
@@ -72,20 +87,22 @@ impl Plan {
     pub fn full() -> Plan {
         Plan {
             startup_runs: 10,
-            switch_runs: 5,
-            restart_runs: 5,
-            load_runs: 3,
-            load_duration: Duration::from_secs(10),
+            switch_runs: 20,
+            cycle_runs: 20,
+            restart_runs: 3,
+            load_runs: 2,
+            load_duration: Duration::from_secs(8),
             hup_period: Duration::from_millis(1500),
             paced_connections: 4,
             paced_period: Duration::from_millis(2),
             footprint_runs: 3,
             restarts: 100,
+            footprint_budget: Duration::from_secs(15),
             idle_instances: 3,
             idle_duration: Duration::from_secs(10),
             storm_runs: 3,
             storm_hups: 100,
-            storm_cap: Duration::from_secs(6),
+            storm_cap: Duration::from_secs(4),
         }
     }
 
@@ -93,16 +110,17 @@ impl Plan {
     pub fn quick() -> Plan {
         Plan {
             startup_runs: 2,
-            switch_runs: 1,
+            switch_runs: 5,
+            cycle_runs: 5,
             restart_runs: 1,
             load_runs: 1,
             load_duration: Duration::from_secs(4),
             restarts: 20,
             footprint_runs: 1,
+            footprint_budget: Duration::from_secs(5),
             idle_instances: 1,
             idle_duration: Duration::from_secs(3),
             storm_runs: 1,
-            storm_cap: Duration::from_secs(4),
             ..Plan::full()
         }
     }
@@ -125,56 +143,164 @@ fn sleep_ms(n: u64) {
     std::thread::sleep(Duration::from_millis(n));
 }
 
-fn interval_args(who: Who) -> &'static str {
-    if who == Who::OursFast {
-        FAST_INTERVAL
+/// Between two HUPs to the same instance at least this long passes after
+/// the previous restart completed, so that a minimum spacing of restarts
+/// inside a supervisor does not decide what is measured.
+pub const PAUSE: Duration = Duration::from_millis(300);
+/// How long a restart may take before it counts as not acted on.
+const ACT: Duration = Duration::from_secs(1);
+
+/// Marks `keys` "n/a" for `who`, and says so.
+fn not_applicable(results: &mut Results, who: Who, keys: &[&str], reason: &str) {
+    eprintln!("  {}: n/a: {reason}", who.name());
+    results.not_applicable(keys, who, reason);
+}
+
+/// Why an instance did not come up, without anything that differs from one
+/// run to the next (pids, ports).
+fn start_failure(instance: &Instance, args: &[&str]) -> String {
+    let args = args.join(" ");
+    if instance.has_exited() {
+        format!(
+            "does not start with `{args}`: exited, saying \"{}\"",
+            instance.log_head()
+        )
     } else {
-        INTERVAL
+        format!("does not serve within {} s with `{args}`", READY.as_secs())
     }
 }
 
-fn start_ready(setup: &Setup, who: Who, tag: &str, args: &[&str]) -> Result<Instance, String> {
+/// Starts `who` and waits for its first generation. An extra
+/// implementation that does not come up gets `keys` marked "n/a" and
+/// `None`; for ours and the reference that is an error.
+fn start_or_na(
+    setup: &Setup,
+    results: &mut Results,
+    who: Who,
+    tag: &str,
+    args: &[&str],
+    keys: &[&str],
+) -> Result<Option<Instance>, String> {
     let instance = Instance::start(setup, who, tag, args)?;
-    instance.wait_ready(READY)?;
-    Ok(instance)
+    match instance.wait_ready(READY) {
+        Ok(_) => Ok(Some(instance)),
+        Err(e) if !who.is_extra() => Err(e),
+        Err(_) => {
+            not_applicable(results, who, keys, &start_failure(&instance, args));
+            Ok(None)
+        }
+    }
 }
 
 /// From the fork of start_server to the first response of its worker.
 pub fn startup(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.startup_runs {
-        for who in Who::pair(run) {
+        for who in Who::order(run) {
+            if skip.contains(&who) {
+                continue;
+            }
             let instance = Instance::start(setup, who, &format!("startup-{run}"), &[INTERVAL])?;
             let deadline = instance.spawned_at + READY;
             let took = loop {
                 match http::get(instance.port, Duration::from_secs(5)) {
-                    Outcome::Ok { .. } => break instance.spawned_at.elapsed(),
+                    Outcome::Ok { .. } => break Ok(instance.spawned_at.elapsed()),
                     // Not bound yet.
-                    Outcome::Refused if Instant::now() < deadline => {
+                    Outcome::Refused if Instant::now() < deadline && !instance.has_exited() => {
                         std::thread::sleep(Duration::from_micros(100));
                     }
-                    other => return Err(format!("start-up of {}: {other:?}", who.name())),
+                    other => break Err(format!("start-up of {}: {other:?}", who.name())),
                 }
             };
-            results.add(STARTUP, who, ms(took));
+            match took {
+                Ok(took) => results.add(STARTUP, who, ms(took)),
+                Err(e) if !who.is_extra() => return Err(e),
+                Err(_) => {
+                    let reason = start_failure(&instance, &[INTERVAL]);
+                    not_applicable(results, who, &[STARTUP], &reason);
+                    skip.push(who);
+                }
+            }
             instance.stop(GRACE);
         }
     }
     Ok(())
 }
 
-/// SIGHUP to the first response from the new generation, and to the status
-/// file listing it alone.
+/// Waits until the instance's previous restart is over: one generation in
+/// the status file, answering, the supervisor with no other child (the old
+/// worker reaped), and [`PAUSE`] since `last_done`. Returns the generation.
+fn settled(instance: &Instance, last_done: Option<Instant>) -> Result<u64, String> {
+    let (generation, pid) = instance.wait_ready(READY)?;
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while crate::procfs::children(instance.pid) != [pid] {
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "{}: old workers still running: {:?}",
+                instance.who.name(),
+                crate::procfs::children(instance.pid)
+            ));
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    }
+    if let Some(done) = last_done {
+        let now = Instant::now();
+        if done + PAUSE > now {
+            std::thread::sleep(done + PAUSE - now);
+        }
+    }
+    Ok(generation)
+}
+
+/// Milliseconds from `hup_ns` (CLOCK_MONOTONIC, taken just before the
+/// HUP) to the exec stamp of worker `pid`, waiting up to a second for the
+/// stamp (a status file can list a worker before it has reached `main`).
+fn exec_after(instance: &Instance, pid: i32, hup_ns: u64) -> Option<f64> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        if let Some(stamp) = instance.exec_stamp_of(pid) {
+            return Some((stamp as f64 - hup_ns as f64) / 1e6);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// SIGHUP, at `--interval=1` (and the fractional one): to the new worker's
+/// exec, to the first response from the new generation, and to the status
+/// file listing it alone; `switch_runs` HUPs each, each after the previous
+/// restart is over and [`PAUSE`] later.
 pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
-    let instances = [Who::Ours, Who::Reference, Who::OursFast]
-        .into_iter()
-        .map(|who| start_ready(setup, who, "switchover", &[interval_args(who)]))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = [SWITCH_EXEC, SWITCH_FIRST, SWITCH_STATUS];
+    let mut instances = Vec::new();
+    for who in Who::compared().into_iter().chain(Who::fast()) {
+        let args = [who.interval_arg()];
+        if let Some(i) = start_or_na(setup, results, who, "switchover", &args, &keys)? {
+            instances.push((i, None::<Instant>));
+        }
+    }
+    let mut dropped: Vec<Who> = Vec::new();
     for run in 0..plan.switch_runs {
-        let mut order: Vec<&Instance> = instances.iter().collect();
-        let n = order.len();
-        order.rotate_left(run % n);
-        for instance in order {
-            let (before, _) = instance.wait_ready(READY)?;
+        let n = instances.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.rotate_left(run % n.max(1));
+        for i in order {
+            let (instance, last_done) = &mut instances[i];
+            if dropped.contains(&instance.who) {
+                continue;
+            }
+            let before = match settled(instance, *last_done) {
+                Ok(before) => before,
+                Err(e) if instance.who.is_extra() => {
+                    not_applicable(results, instance.who, &keys, &e);
+                    dropped.push(instance.who);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let hup_ns = monotonic_ns();
             let start = Instant::now();
             instance.signal(libc::SIGHUP);
             let (mut first, mut alone) = (None, None);
@@ -186,14 +312,22 @@ pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(
                 {
                     first = Some(start.elapsed());
                 }
-                if alone.is_none() && instance.single_generation().is_some_and(|g| g.0 > before) {
-                    alone = Some(start.elapsed());
+                if alone.is_none()
+                    && let Some(single) = instance.single_generation()
+                    && single.0 > before
+                {
+                    alone = Some((start.elapsed(), single.1));
                 }
                 std::thread::sleep(Duration::from_micros(200));
             }
+            *last_done = Some(Instant::now());
             let who = instance.who;
             match (first, alone) {
-                (Some(first), Some(alone)) => {
+                (Some(first), Some((alone, pid))) => {
+                    match exec_after(instance, pid, hup_ns) {
+                        Some(exec) => results.add(SWITCH_EXEC, who, exec),
+                        None => eprintln!("  {}: no exec stamp of worker {pid}", who.name()),
+                    }
                     results.add(SWITCH_FIRST, who, ms(first));
                     results.add(SWITCH_STATUS, who, ms(alone));
                 }
@@ -201,7 +335,100 @@ pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(
             }
         }
     }
-    for instance in instances {
+    for (instance, _) in instances {
+        instance.stop(GRACE);
+    }
+    Ok(())
+}
+
+/// The restart cycle at `--interval=0`: SIGHUP to the new worker's exec and
+/// to the status file listing only the new generation, `cycle_runs` HUPs
+/// each, each after the previous restart is over and [`PAUSE`] later. The
+/// status file is polled every 0.1 ms and nothing else is asked of the
+/// instance until the restart is over.
+///
+/// A HUP that brings no new generation within [`ACT`] is counted. The
+/// reference is then woken with SIGALRM (see [`footprint`]) and its times
+/// recorded as capped at [`ACT`]; any other gets up to 4 s more, its real
+/// times recorded.
+pub fn cycle(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let keys = [CYCLE_EXEC, CYCLE_STATUS, CYCLE_LOST];
+    let args = ["--interval=0"];
+    let mut instances = Vec::new();
+    for who in Who::compared() {
+        if let Some(i) = start_or_na(setup, results, who, "cycle", &args, &keys)? {
+            instances.push((i, None::<Instant>, 0usize));
+        }
+    }
+    let mut dropped: Vec<Who> = Vec::new();
+    for run in 0..plan.cycle_runs {
+        let n = instances.len();
+        let mut order: Vec<usize> = (0..n).collect();
+        order.rotate_left(run % n.max(1));
+        for i in order {
+            let (instance, last_done, lost) = &mut instances[i];
+            let who = instance.who;
+            if dropped.contains(&who) {
+                continue;
+            }
+            let before = match settled(instance, *last_done) {
+                Ok(before) => before,
+                Err(e) if who.is_extra() => {
+                    not_applicable(results, who, &keys, &e);
+                    dropped.push(who);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let hup_ns = monotonic_ns();
+            let start = Instant::now();
+            instance.signal(libc::SIGHUP);
+            let mut woken = false;
+            let alone = loop {
+                if let Some(single) = instance.single_generation()
+                    && single.0 > before
+                {
+                    break Some((start.elapsed(), single.1));
+                }
+                if !woken && start.elapsed() >= ACT {
+                    woken = true;
+                    *lost += 1;
+                    if who == Who::Reference {
+                        instance.signal(libc::SIGALRM);
+                    }
+                }
+                if start.elapsed() >= ACT + Duration::from_secs(4) {
+                    break None;
+                }
+                std::thread::sleep(Duration::from_micros(100));
+            };
+            *last_done = Some(Instant::now());
+            let Some((alone, pid)) = alone else {
+                eprintln!("  {}: restart not done within 5 s", who.name());
+                describe_stall(instance);
+                if who.is_extra() {
+                    let reason = "a restart at `--interval=0` not done within 5 s";
+                    not_applicable(results, who, &keys, reason);
+                    dropped.push(who);
+                    continue;
+                }
+                return Err(format!("{}: restart cycle stalled", who.name()));
+            };
+            let exec = exec_after(instance, pid, hup_ns);
+            if woken && who == Who::Reference {
+                results.add_capped(CYCLE_STATUS, who, ms(ACT));
+                results.add_capped(CYCLE_EXEC, who, ms(ACT));
+            } else {
+                results.add(CYCLE_STATUS, who, ms(alone));
+                match exec {
+                    Some(exec) => results.add(CYCLE_EXEC, who, exec),
+                    None => eprintln!("  {}: no exec stamp of worker {pid}", who.name()),
+                }
+            }
+        }
+    }
+    for (instance, _, lost) in instances {
+        results.add(CYCLE_LOST, instance.who, lost as f64);
         instance.stop(GRACE);
     }
     Ok(())
@@ -210,20 +437,27 @@ pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(
 /// `start_server --restart`: its wall time, and how long after the old
 /// generation's exit it returns.
 pub fn restart_command(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
-    let instances = [Who::Ours, Who::Reference, Who::OursFast]
-        .into_iter()
-        .map(|who| start_ready(setup, who, "restart", &[interval_args(who)]))
-        .collect::<Result<Vec<_>, _>>()?;
+    let keys = [RESTART_WALL, RESTART_LAG];
+    let mut instances = Vec::new();
+    for who in Who::compared().into_iter().chain(Who::fast()) {
+        let args = [who.interval_arg()];
+        if let Some(i) = start_or_na(setup, results, who, "restart", &args, &keys)? {
+            instances.push(i);
+        }
+    }
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.restart_runs {
         let mut order: Vec<&Instance> = instances.iter().collect();
         let n = order.len();
-        order.rotate_left(run % n);
+        order.rotate_left(run % n.max(1));
         for instance in order {
             let who = instance.who;
+            if skip.contains(&who) {
+                continue;
+            }
             let (_, old_pid) = instance.wait_ready(READY)?;
-            let log =
-                std::fs::File::create(setup.log(&format!("restart-{run}-{}.client", who.name())))
-                    .map_err(|e| e.to_string())?;
+            let log_path = setup.log(&format!("restart-{run}-{}.client", who.name()));
+            let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
             let start = Instant::now();
             let mut client = std::process::Command::new(setup.binary(who))
                 .arg("--restart")
@@ -253,6 +487,17 @@ pub fn restart_command(setup: &Setup, plan: &Plan, results: &mut Results) -> Res
                     results.add(RESTART_WALL, who, ms(done));
                     results.add(RESTART_LAG, who, ms(done.saturating_sub(gone)));
                 }
+                (Some((_, status)), gone) if who.is_extra() => {
+                    let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                    let said = said.lines().rev().find(|l| !l.trim().is_empty());
+                    let reason = format!(
+                        "`--restart`: {status}, old worker gone: {}, saying \"{}\"",
+                        gone.is_some(),
+                        said.unwrap_or("").trim()
+                    );
+                    not_applicable(results, who, &keys, &reason);
+                    skip.push(who);
+                }
                 (Some((_, status)), gone) => eprintln!(
                     "  --restart of {}: {status}, old worker gone: {}",
                     who.name(),
@@ -262,6 +507,11 @@ pub fn restart_command(setup: &Setup, plan: &Plan, results: &mut Results) -> Res
                     let _ = client.kill();
                     let _ = client.wait();
                     eprintln!("  --restart of {} did not return in 15 s", who.name());
+                    if who.is_extra() {
+                        let reason = "`--restart` did not return in 15 s";
+                        not_applicable(results, who, &keys, reason);
+                        skip.push(who);
+                    }
                 }
             }
         }
@@ -302,42 +552,65 @@ fn restarts_done(instance: &Instance) -> u64 {
         .unwrap_or(0)
 }
 
+/// The names of the wrk metrics of a run with restarts.
+const WRK_METRICS: [&str; 9] = [
+    "rps", "connect", "read", "write", "timeout", "status", "p99_ms", "max_ms", "restarts",
+];
+
 /// wrk for `load_duration`, both modes, while a HUP comes every
 /// `hup_period`; then, as a control, one run of each without any restart:
-/// what the latency looks like when the supervisor does nothing at all.
+/// what the latency looks like when the supervisor does nothing at all
+/// (ours and the reference only: with nothing to do, the supervisor is not
+/// what such a run measures).
 pub fn load(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.load_runs {
-        // Which goes first alternates with the mode too, so that each gets
+        // Which goes first rotates with the mode too, so that each gets
         // each position equally often.
         for (m, mode) in [Mode::Close, Mode::KeepAlive].into_iter().enumerate() {
-            for who in Who::pair(run + m) {
-                let s = wrk_run(
-                    setup,
-                    plan,
-                    who,
-                    mode,
-                    &format!("load-{}-{run}", mode.key()),
-                    true,
-                )?;
+            for who in Who::order(run + m) {
+                if skip.contains(&who) {
+                    continue;
+                }
+                let tag = format!("load-{}-{run}", mode.key());
+                let s = match wrk_run(setup, plan, who, mode, &tag, true) {
+                    Ok(s) => s,
+                    Err(e) if who.is_extra() => {
+                        let keys: Vec<String> = [Mode::Close, Mode::KeepAlive]
+                            .into_iter()
+                            .flat_map(|mode| WRK_METRICS.map(|w| wrk_key(mode, w)))
+                            .collect();
+                        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+                        not_applicable(results, who, &keys, &e);
+                        skip.push(who);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let values = [
-                    ("rps", s.summary.requests_per_second()),
-                    ("connect", s.summary.connect_errors as f64),
-                    ("read", s.summary.read_errors as f64),
-                    ("write", s.summary.write_errors as f64),
-                    ("timeout", s.summary.timeouts as f64),
-                    ("status", s.summary.status_errors as f64),
-                    ("p99_ms", s.summary.p99_ms),
-                    ("max_ms", s.summary.max_ms),
-                    ("restarts", s.restarts as f64),
+                    s.summary.requests_per_second(),
+                    s.summary.connect_errors as f64,
+                    s.summary.read_errors as f64,
+                    s.summary.write_errors as f64,
+                    s.summary.timeouts as f64,
+                    s.summary.status_errors as f64,
+                    s.summary.p99_ms,
+                    s.summary.max_ms,
+                    s.restarts as f64,
                 ];
-                for (what, value) in values {
+                for (what, value) in WRK_METRICS.into_iter().zip(values) {
                     results.add(&wrk_key(mode, what), who, value);
                 }
             }
         }
     }
     for (m, mode) in [Mode::Close, Mode::KeepAlive].into_iter().enumerate() {
-        for who in Who::pair(m) {
+        let pair = if m == 0 {
+            [Who::Ours, Who::Reference]
+        } else {
+            [Who::Reference, Who::Ours]
+        };
+        for who in pair {
             let s = wrk_run(
                 setup,
                 plan,
@@ -368,7 +641,10 @@ fn wrk_run(
     tag: &str,
     restart: bool,
 ) -> Result<WrkRun, String> {
-    let instance = start_ready(setup, who, tag, &[INTERVAL])?;
+    let instance = Instance::start(setup, who, tag, &[INTERVAL])?;
+    if instance.wait_ready(READY).is_err() {
+        return Err(start_failure(&instance, &[INTERVAL]));
+    }
     let wrk = wrk::start(
         setup,
         instance.port,
@@ -429,10 +705,27 @@ const NEAR_EVENT: Duration = Duration::from_millis(100);
 /// The paced client, `load_runs` runs each, every request recorded. Returns
 /// the first run of each start_server: the data of the latency picture.
 pub fn paced(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<Vec<PacedRun>, String> {
+    let keys = [
+        PACED_REQUESTS,
+        PACED_SOCKET_ERRORS,
+        PACED_NON_2XX,
+        PACED_P99,
+        PACED_MAX,
+        PACED_MAX_NEAR,
+        PACED_MAX_ELSEWHERE,
+    ];
     let mut picture = Vec::new();
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.load_runs {
-        for who in Who::pair(run) {
-            let instance = start_ready(setup, who, &format!("paced-{run}"), &[INTERVAL])?;
+        for who in Who::order(run) {
+            if skip.contains(&who) {
+                continue;
+            }
+            let tag = format!("paced-{run}");
+            let Some(instance) = start_or_na(setup, results, who, &tag, &[INTERVAL], &keys)? else {
+                skip.push(who);
+                continue;
+            };
             let start = Instant::now();
             let (records, hups) = std::thread::scope(|scope| {
                 let port = instance.port;
@@ -451,11 +744,14 @@ pub fn paced(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<Vec<Pa
             sleep_ms(1200);
             instance.stop(GRACE);
             record_paced(results, who, &records, &hups);
-            if run == 0 {
+            // The picture: the first run of ours and of the reference.
+            if run == 0 && matches!(who, Who::Ours | Who::Reference) {
                 picture.push(PacedRun { who, records, hups });
             }
         }
     }
+    // Ours first, whatever order they ran in.
+    picture.sort_by_key(|p| p.who);
     Ok(picture)
 }
 
@@ -511,20 +807,45 @@ fn record_paced(results: &mut Results, who: Who, records: &[Record], hups: &[f64
 }
 
 /// RSS, descriptors and CPU time of the supervisor around `restarts`
-/// restarts, each waited for (HUP, then the new generation alone in the
-/// status file and answering). `--interval=0` for both, so that the restarts
+/// restarts (or as many as fit in `footprint_budget`), each waited for (HUP, then the new generation alone in the
+/// status file and answering). `--interval=0` for all, so that the restarts
 /// go as fast as each supervisor allows.
 ///
 /// The reference sometimes does not act on a HUP sent right after a restart
 /// completed: Perl defers signal handlers to its next safe point, and a
 /// signal that lands between its last check and the wait(2) it blocks in is
-/// only handled when the next signal or child exit wakes it. After a second
-/// without progress the harness wakes it with SIGALRM (which it catches and
-/// ignores) and counts the HUP as lost.
+/// only handled when the next signal or child exit wakes it. A HUP that
+/// brings no new generation within a second counts as lost (for every
+/// implementation); the harness then wakes the reference with SIGALRM
+/// (which it catches and ignores) and waits up to 4 s more.
 pub fn footprint(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let keys = [
+        RSS_START,
+        RSS_AFTER,
+        RSS_ANON_AFTER,
+        RSS_FILE_AFTER,
+        RSS_MAPPINGS,
+        PSS_AFTER,
+        FDS_BEFORE,
+        FDS_AFTER,
+        CPU_PER_RESTART,
+        SCHED_CPU_PER_RESTART,
+        RESTARTS_DONE,
+        TIME_PER_RESTART,
+        LOST_HUPS,
+    ];
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.footprint_runs {
-        for who in Who::pair(run) {
-            let instance = start_ready(setup, who, &format!("footprint-{run}"), &["--interval=0"])?;
+        for who in Who::order(run) {
+            if skip.contains(&who) {
+                continue;
+            }
+            let tag = format!("footprint-{run}");
+            let args = ["--interval=0"];
+            let Some(instance) = start_or_na(setup, results, who, &tag, &args, &keys)? else {
+                skip.push(who);
+                continue;
+            };
             sleep_ms(300);
             let pid = instance.pid;
             let io = |e: std::io::Error| format!("/proc/{pid}: {e}");
@@ -534,21 +855,36 @@ pub fn footprint(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<()
             let sched_before = procfs::cpu_seconds_precise(pid).map_err(io)?;
             let mut each = Vec::with_capacity(plan.restarts);
             let mut lost = 0;
+            let mut stalled = false;
+            let began = Instant::now();
             for _ in 0..plan.restarts {
+                if began.elapsed() >= plan.footprint_budget {
+                    eprintln!(
+                        "  {}: {} restarts done in the {} s of a run",
+                        who.name(),
+                        each.len(),
+                        plan.footprint_budget.as_secs()
+                    );
+                    break;
+                }
                 let Some((generation, _)) = instance.single_generation() else {
+                    stalled = true;
                     break;
                 };
                 let start = Instant::now();
                 instance.signal(libc::SIGHUP);
-                let mut done = instance.wait_generation_after(generation, Duration::from_secs(1));
-                if done.is_err() && who == Who::Reference {
+                let mut done = instance.wait_generation_after(generation, ACT);
+                if done.is_err() {
                     lost += 1;
-                    instance.signal(libc::SIGALRM);
+                    if who == Who::Reference {
+                        instance.signal(libc::SIGALRM);
+                    }
                     done = instance.wait_generation_after(generation, Duration::from_secs(4));
                 }
                 if let Err(e) = done {
                     eprintln!("  {e}");
                     describe_stall(&instance);
+                    stalled = true;
                     break;
                 }
                 each.push(ms(start.elapsed()));
@@ -566,16 +902,22 @@ pub fn footprint(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<()
             let cpu_after = procfs::cpu_seconds(pid).map_err(io)?;
             let sched_after = procfs::cpu_seconds_precise(pid).map_err(io)?;
             instance.stop(GRACE);
-            if each.len() < plan.restarts {
-                eprintln!(
-                    "  {}: only {} of {} restarts completed",
-                    who.name(),
+            if stalled || each.is_empty() {
+                let reason = format!(
+                    "a restart at `--interval=0` stalled after {} of {}",
                     each.len(),
                     plan.restarts
                 );
+                if who.is_extra() {
+                    not_applicable(results, who, &keys, &reason);
+                    skip.push(who);
+                } else {
+                    eprintln!("  {}: {reason}", who.name());
+                }
                 continue;
             }
-            let n = plan.restarts as f64;
+            let n = each.len() as f64;
+            results.add(RESTARTS_DONE, who, n);
             each.sort_by(f64::total_cmp);
             results.add(RSS_START, who, before.rss_kib as f64);
             results.add(RSS_AFTER, who, after.rss_kib as f64);
@@ -618,20 +960,31 @@ fn describe_stall(instance: &Instance) {
 pub fn idle(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
     let mut instances = Vec::new();
     for i in 0..plan.idle_instances {
-        for who in Who::pair(i) {
+        for who in Who::order(i) {
             for auto in [false, true] {
-                let mut args = vec![INTERVAL];
-                if auto {
-                    args.push("--enable-auto-restart");
-                }
+                let args: &[&str] = if auto {
+                    &[INTERVAL, "--enable-auto-restart"]
+                } else {
+                    &[INTERVAL]
+                };
                 let tag = format!("idle-{i}{}", if auto { "-auto" } else { "" });
-                instances.push((Instance::start(setup, who, &tag, &args)?, auto));
+                instances.push((Instance::start(setup, who, &tag, args)?, auto, args));
             }
         }
     }
-    for (instance, _) in &instances {
-        instance.wait_ready(READY)?;
+    let mut ready = Vec::new();
+    for (instance, auto, args) in instances {
+        match instance.wait_ready(READY) {
+            Ok(_) => ready.push((instance, auto)),
+            Err(e) if !instance.who.is_extra() => return Err(e),
+            Err(_) => {
+                let key = if auto { WAKEUPS_AUTO } else { WAKEUPS };
+                let reason = start_failure(&instance, args);
+                not_applicable(results, instance.who, &[key], &reason);
+            }
+        }
     }
+    let instances = ready;
     sleep_ms(1000);
     let switches = |instances: &[(Instance, bool)]| {
         instances
@@ -653,39 +1006,71 @@ pub fn idle(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), Str
     Ok(())
 }
 
+/// When a storm's HUPs went.
+struct Storm {
+    /// CLOCK_MONOTONIC just before the first and the last HUP.
+    first_ns: u64,
+    last_ns: u64,
+    /// The last HUP, from the `start` of the storm.
+    last: Duration,
+}
+
 /// Sends `n` HUPs 1 ms apart, on a fixed schedule from `start` (so that
-/// sleeping late does not stretch the storm); the time the last one went.
-fn hup_storm(instance: &Instance, n: usize, start: Instant) -> Duration {
+/// sleeping late does not stretch the storm).
+fn hup_storm(instance: &Instance, n: usize, start: Instant) -> Storm {
+    let (mut first_ns, mut last_ns, mut last) = (0, 0, Duration::ZERO);
     for i in 0..n {
         let due = start + Duration::from_millis(i as u64);
         let now = Instant::now();
         if due > now {
             std::thread::sleep(due - now);
         }
+        last_ns = monotonic_ns();
+        last = start.elapsed();
+        if i == 0 {
+            first_ns = last_ns;
+        }
         instance.signal(libc::SIGHUP);
     }
-    start.elapsed()
+    Storm {
+        first_ns,
+        last_ns,
+        last,
+    }
 }
 
 /// `storm_hups` HUPs 1 ms apart: the time until one generation remains for
-/// good; then, in a fresh instance, a SIGTERM right after such a storm.
+/// good, how many workers were exec'd from the first HUP on (their exec
+/// stamps) and when the last of them was, against the last HUP; then, in
+/// a fresh instance, a SIGTERM right after such a storm.
 pub fn storm(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let keys = [
+        STORM_SETTLE,
+        STORM_SETTLE_FROM_LAST,
+        STORM_SPAWNS,
+        STORM_LAST_EXEC,
+        STORM_TERM,
+    ];
+    let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.storm_runs {
-        let mut order = Who::pair(run).to_vec();
-        order.push(Who::OursFast);
-        for who in order {
+        for who in Who::order(run).into_iter().chain(Who::fast()) {
+            if skip.contains(&who) {
+                continue;
+            }
             let tag = format!("storm-{run}");
-            let instance = start_ready(setup, who, &tag, &[interval_args(who)])?;
+            let args = [who.interval_arg()];
+            let Some(instance) = start_or_na(setup, results, who, &tag, &args, &keys)? else {
+                skip.push(who);
+                continue;
+            };
             let (before, _) = instance.wait_ready(READY)?;
             let start = Instant::now();
-            let last_hup = hup_storm(&instance, plan.storm_hups, start);
+            let storm = hup_storm(&instance, plan.storm_hups, start);
             // Since when the status file has listed this one new generation.
             let mut alone_since: Option<(u64, Duration)> = None;
-            let mut newest = before;
             let settled = loop {
                 let now = start.elapsed();
                 let generations = instance.generations().unwrap_or_default();
-                newest = newest.max(generations.last().map_or(0, |g| g.0));
                 match generations.as_slice() {
                     [(generation, _)] if *generation > before => {
                         let (_, since) = match alone_since {
@@ -704,28 +1089,43 @@ pub fn storm(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), St
                 std::thread::sleep(Duration::from_micros(500));
             };
             let cap = ms(plan.storm_cap + STORM_QUIET);
+            let spawns: Vec<u64> = instance
+                .exec_stamps()
+                .into_iter()
+                .map(|(_, nanos)| nanos)
+                .filter(|&nanos| nanos >= storm.first_ns)
+                .collect();
             match settled {
                 Some(at) => {
                     results.add(STORM_SETTLE, who, ms(at));
-                    results.add(STORM_SETTLE_FROM_LAST, who, ms(at.saturating_sub(last_hup)));
+                    results.add(
+                        STORM_SETTLE_FROM_LAST,
+                        who,
+                        ms(at.saturating_sub(storm.last)),
+                    );
+                    results.add(STORM_SPAWNS, who, spawns.len() as f64);
                 }
                 None => {
                     results.add_capped(STORM_SETTLE, who, cap);
-                    results.add_capped(STORM_SETTLE_FROM_LAST, who, cap - ms(last_hup));
+                    results.add_capped(STORM_SETTLE_FROM_LAST, who, cap - ms(storm.last));
+                    // Still going: at least this many.
+                    results.add_capped(STORM_SPAWNS, who, spawns.len() as f64);
                 }
             }
-            results.add(STORM_RESTARTS, who, (newest - before) as f64);
+            if let Some(&last_exec) = spawns.iter().max() {
+                let after = (last_exec as f64 - storm.last_ns as f64) / 1e6;
+                results.add(STORM_LAST_EXEC, who, after);
+            }
             instance.stop(Duration::from_secs(2));
 
-            let mut instance = start_ready(
-                setup,
-                who,
-                &format!("storm-term-{run}"),
-                &[interval_args(who)],
-            )?;
+            let tag = format!("storm-term-{run}");
+            let Some(mut instance) = start_or_na(setup, results, who, &tag, &args, &keys)? else {
+                skip.push(who);
+                continue;
+            };
             hup_storm(&instance, plan.storm_hups, Instant::now());
             instance.signal(libc::SIGTERM);
-            let limit = Duration::from_secs(3);
+            let limit = Duration::from_secs(1);
             match instance.wait_exit(limit) {
                 Some(took) => results.add(STORM_TERM, who, ms(took)),
                 None => results.add_capped(STORM_TERM, who, ms(limit)),
