@@ -17,6 +17,8 @@ mod log;
 mod pidfile;
 mod settings;
 mod signals;
+#[cfg(test)]
+mod simulation;
 mod spawn;
 mod status;
 mod supervisor;

@@ -1,0 +1,1584 @@
+//! Deterministic simulation of the supervisor core (`lifecycle.rs`).
+//!
+//! A [`World`] models everything around [`Lifecycle`]: a fake clock, the
+//! processes it spawned (pids handed out here when a spawn is answered),
+//! and the shell's feeding discipline (`supervisor.rs`): per loop turn
+//! `Stop` (if TERM/INT came), `Settings` (if changed), every `ChildExited`,
+//! `Hup`, then `Tick`; every `Action::Spawn` answered at once with
+//! `Spawned` / `SpawnFailed` in the same step. A random [`Case`] (a setup,
+//! a list of world events and a list of spawn outcomes) is generated from a
+//! seed, played, then driven to its end: the clock runs on with no more
+//! exits until the core is quiet, then a TERM or INT, then every worker
+//! exits.
+//!
+//! Invariants checked after every step (the name in quotes is what a
+//! failure reports):
+//!
+//! - "one current generation": the tracked workers (current, old, the one
+//!   in its start check, those awaited after TERM/INT) have distinct pids;
+//!   the current worker is newer than every old one, the generation being
+//!   started newer than both; once the core is quiet, a generation serves
+//!   and every old worker has been sent `--signal-on-hup`.
+//! - "restart signals only old workers": before TERM/INT, every kill sends
+//!   `--signal-on-hup` to a worker older than the current one, never to the
+//!   current worker or the one in its start check.
+//! - "old workers signalled after the start check": such a kill comes after
+//!   a "new worker is now running" line, no sooner than the kill-old delay
+//!   in force at that line.
+//! - "spawned pids are tracked": the pids the core tracks are exactly the
+//!   pids it was given and has not been told exited; a kill only ever goes
+//!   to such a pid (never to one already reaped, which may be reused).
+//! - "stop signals every worker": the TERM/INT step signals every tracked
+//!   worker with `--signal-on-term` (TERM) or TERM (INT), later kills use
+//!   the same signal, and no spawn follows.
+//! - "exit only when all are gone": `Exit` comes only after TERM/INT, when
+//!   no worker is left, right after an `exiting` line, as the last action;
+//!   nothing follows it. At the end of every case, once every worker has
+//!   exited after TERM/INT, `Exit` has come.
+//! - "HUP burst": a HUP is served by the first spawn after it (in event
+//!   order). For the HUPs fed within any window `[t, t + W)`, with
+//!   `W = max(--interval, HUP_GAP)`, at most 3 distinct spawns that were
+//!   started by a HUP (a `received HUP` line since the previous spawn) serve
+//!   them. Retries (after a failed start, a crash or a failed fork) and
+//!   auto-restarts are not counted: they are spawns the HUPs did not ask
+//!   for. (Every two spawns are at least `--interval` apart, and two
+//!   HUP-started ones at least `HUP_GAP`, so a third such spawn is at least
+//!   `W` after the first: at most 3.)
+//! - "no HUP lost": once the core is quiet at the end, every HUP not
+//!   followed by TERM/INT has a spawn after it.
+//! - "status file": every `WriteStatus` carries exactly `status_entries()`
+//!   as they are after the step, in strictly increasing generation order,
+//!   each pair a generation and the pid spawned as it.
+//! - "spawn gap": two spawns are never closer than `RETRY_GAP`, nor than
+//!   `--interval` (a new spawn waits for the previous start check, or for
+//!   a failed fork's retry delay); generations are numbered 1, 2, 3...
+//! - "spawn last": `Spawn` is the last action of its step.
+//! - "no busy loop": after a turn's tick at `now`, `next_deadline()` is
+//!   `None` or later than `now`.
+//! - "log lines": every line is one of SPEC section 4's.
+//! - "no panic": the core never panics.
+//!
+//! `SIM_CASES=N` runs N cases instead of 10,000; `SIM_SEED=S` starts at
+//! seed S (case i uses seed S + i). A failure is shrunk (fewer events,
+//! fewer spawn outcomes, simpler setup, shorter waits) and printed as a
+//! timeline, with the seed that replays it and the case in Rust syntax.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::lifecycle::{
+    Action, Config, Event, HUP_GAP, Lifecycle, Phase, RETRY_GAP, Sig, Stop, Time, Worker,
+};
+use crate::settings::{Seconds, Settings, perl_number};
+
+/// What a child whose exec failed reports (then it exits with 255).
+const EXEC_FAILURE: &str = "failed to exec ./app: No such file or directory (os error 2)";
+const FORK_FAILURE: &str = "fork: Resource temporarily unavailable (os error 11)";
+/// A child that is not a worker: the log pipe's shell.
+const STRANGER: i32 = 7;
+/// A worker whose exec failed exits with 255: `$?` is 255 << 8.
+const EXEC_FAILED_STATUS: i32 = 255 << 8;
+
+/// Every line the core may log (SPEC section 4), `{}` standing for text.
+const LOG_LINES: &[&str] = &[
+    "received HUP, spawning a new worker",
+    "autorestart triggered (interval={})",
+    "autorestart triggered (forced, interval={})",
+    "starting new worker {}",
+    "failed to start a new worker: {}",
+    "new worker {} seems to have failed to start, exit status:{}",
+    "new worker is now running, sending {} to old workers:{}",
+    "sleeping {} secs before killing old workers",
+    "killing old workers",
+    "worker {} died unexpectedly with status:{}, restarting",
+    "old worker {} died, status:{}",
+    "received {}, sending {} to all workers:{}",
+    // No worker left (the reference prints the empty list as is).
+    "received {}, sending {} to all workers:",
+    "worker {} died, status:{}",
+    "exiting",
+    EXEC_FAILURE,
+];
+
+// ---------------------------------------------------------------- cases
+
+/// What the command line and the environment say at start-up.
+#[derive(Debug, Clone, PartialEq)]
+struct Setup {
+    interval_ms: u64,
+    on_hup: i32,
+    on_term: i32,
+    auto_restart: Option<&'static str>,
+    kill_old_delay: &'static str,
+    /// How the case ends if it did not stop by itself.
+    final_stop: Stop,
+}
+
+impl Setup {
+    fn plain(interval_ms: u64) -> Setup {
+        Setup {
+            interval_ms,
+            on_hup: 15,
+            on_term: 15,
+            auto_restart: None,
+            kill_old_delay: "0",
+            final_stop: Stop::Term,
+        }
+    }
+}
+
+/// Something that happens in the world.
+#[derive(Debug, Clone, PartialEq)]
+enum Op {
+    /// The loop wakes up with nothing due (or to act on what came).
+    Turn,
+    /// The clock moves on; the loop wakes at every deadline on the way, or
+    /// only at the end when it is `late` (a loaded machine).
+    Advance {
+        ms: u64,
+        late: bool,
+    },
+    /// The clock moves to the next deadline, and the loop wakes.
+    ToDeadline,
+    Hup,
+    Stop(Stop),
+    /// A live process exits (if there is one of that kind).
+    Exit {
+        who: Who,
+        status: i32,
+    },
+    /// The envdir changes.
+    Settings {
+        auto_restart: Option<&'static str>,
+        kill_old_delay: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Who {
+    Current,
+    /// The worker in its start check.
+    Checking,
+    Old(u8),
+    /// A worker that was sent a signal.
+    Signalled(u8),
+    Any(u8),
+    /// A child that is no worker.
+    Stranger,
+}
+
+/// How a spawn goes.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Answer {
+    Ok,
+    /// Forked, but the exec failed: the child exits with 255 at once.
+    ExecFailed,
+    ForkFailed,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Case {
+    setup: Setup,
+    ops: Vec<Op>,
+    /// The outcomes of the spawns, in order; `Ok` once they run out.
+    answers: Vec<Answer>,
+}
+
+/// splitmix64: small, fast, and the same everywhere.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    fn pick<T: Copy>(&mut self, items: &[T]) -> T {
+        items[self.below(items.len() as u64) as usize]
+    }
+
+    /// An index chosen by weight.
+    fn weighted(&mut self, weights: &[u64]) -> usize {
+        let mut n = self.below(weights.iter().sum());
+        for (i, w) in weights.iter().enumerate() {
+            if n < *w {
+                return i;
+            }
+            n -= w;
+        }
+        unreachable!()
+    }
+}
+
+const AUTO_RESTART: &[Option<&str>] = &[None, None, None, Some("1"), Some("0.5"), Some("3")];
+const KILL_OLD_DELAY: &[&str] = &["0", "0", "0.3", "1", "5"];
+
+fn generate(seed: u64) -> Case {
+    let mut rng = Rng(seed);
+    let setup = Setup {
+        interval_ms: rng.pick(&[0, 0, 100, 250, 1000, 1000, 2000]),
+        on_hup: rng.pick(&[15, 15, 10, 3]),
+        on_term: rng.pick(&[15, 15, 3]),
+        auto_restart: rng.pick(AUTO_RESTART),
+        kill_old_delay: rng.pick(KILL_OLD_DELAY),
+        final_stop: rng.pick(&[Stop::Term, Stop::Int]),
+    };
+    let len = 1 + rng.below(200);
+    let ops = (0..len).map(|_| random_op(&mut rng)).collect();
+    let answers = (0..rng.below(40))
+        .map(|_| [Answer::Ok, Answer::ExecFailed, Answer::ForkFailed][rng.weighted(&[6, 2, 1])])
+        .collect();
+    Case {
+        setup,
+        ops,
+        answers,
+    }
+}
+
+fn random_op(rng: &mut Rng) -> Op {
+    match rng.weighted(&[80, 200, 200, 120, 4, 160, 30]) {
+        0 => Op::Turn,
+        1 => Op::Advance {
+            ms: match rng.below(4) {
+                0 => rng.below(5000),
+                _ => rng.pick(&[0, 1, 10, 99, 100, 101, 249, 250, 500, 999, 1000, 1001, 2000]),
+            },
+            late: rng.below(5) == 0,
+        },
+        2 => Op::ToDeadline,
+        3 => Op::Hup,
+        4 => Op::Stop(rng.pick(&[Stop::Term, Stop::Int])),
+        5 => {
+            let i = rng.below(256) as u8;
+            let who = [
+                Who::Current,
+                Who::Checking,
+                Who::Old(i),
+                Who::Signalled(i),
+                Who::Any(i),
+                Who::Stranger,
+            ][rng.weighted(&[3, 3, 2, 5, 2, 1])];
+            let status = rng.pick(&[0, 256, EXEC_FAILED_STATUS, 2, 9, 15, 3, 10, 139]);
+            Op::Exit { who, status }
+        }
+        _ => Op::Settings {
+            auto_restart: rng.pick(AUTO_RESTART),
+            kill_old_delay: rng.pick(KILL_OLD_DELAY),
+        },
+    }
+}
+
+// ---------------------------------------------------------------- the world
+
+/// An invariant that did not hold.
+#[derive(Debug, Clone)]
+struct Failure {
+    rule: &'static str,
+    detail: String,
+}
+
+macro_rules! ensure {
+    ($cond:expr, $rule:expr, $($detail:tt)*) => {
+        if !$cond {
+            return Err(Failure { rule: $rule, detail: format!($($detail)*) });
+        }
+    };
+}
+
+type Checked = Result<(), Failure>;
+
+fn sig(number: i32) -> Sig {
+    let name = match number {
+        2 => "INT",
+        3 => "QUIT",
+        9 => "KILL",
+        10 => "USR1",
+        15 => "TERM",
+        _ => "?",
+    };
+    Sig {
+        number,
+        name: name.to_string(),
+    }
+}
+
+fn seconds(text: &str) -> Seconds {
+    Seconds {
+        text: text.to_string(),
+        value: perl_number(text),
+    }
+}
+
+fn settings(auto_restart: Option<&str>, kill_old_delay: &str) -> Settings {
+    Settings {
+        auto_restart: auto_restart.map(seconds),
+        kill_old_delay: seconds(kill_old_delay),
+    }
+}
+
+fn ms(n: u64) -> Time {
+    Duration::from_millis(n)
+}
+
+/// A process the core spawned, whose exit it has not been told of yet.
+#[derive(Debug)]
+struct Process {
+    generation: u64,
+    signals: Vec<i32>,
+    /// It exited; the shell has yet to reap it.
+    exited: bool,
+}
+
+/// What the shell has observed and will feed at its next turn.
+#[derive(Debug, Default)]
+struct Pending {
+    stop: Option<Stop>,
+    exits: Vec<(i32, i32)>,
+    hup: bool,
+}
+
+/// Why a spawn happened, from the lines logged since the previous one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Cause {
+    Initial,
+    Hup,
+    AutoRestart,
+    Retry,
+}
+
+#[derive(Debug)]
+struct SpawnRecord {
+    step: usize,
+    at: Time,
+    cause: Cause,
+}
+
+struct World {
+    core: Lifecycle,
+    interval: Duration,
+    now: Time,
+    next_pid: i32,
+    processes: BTreeMap<i32, Process>,
+    /// Every pid handed to the core, with its generation.
+    spawned: BTreeMap<i32, u64>,
+    answers: VecDeque<Answer>,
+    /// The settings as the envdir has them now.
+    settings: Settings,
+    pending: Pending,
+    /// Steps taken (the event order).
+    steps: usize,
+    stopped: Option<(usize, Stop)>,
+    exit_seen: bool,
+    /// HUPs fed before any TERM/INT: (step, time).
+    hups: Vec<(usize, Time)>,
+    spawns: Vec<SpawnRecord>,
+    /// Lines seen since the last spawn: HUP, auto-restart, failure.
+    seen_hup: bool,
+    seen_auto: bool,
+    seen_failure: bool,
+    /// The last "new worker is now running": when, and the kill-old delay.
+    running: Option<(Time, Duration)>,
+    /// The timeline, when recording.
+    trace: Option<Vec<String>>,
+    /// Every action with its time, when recording.
+    actions: Vec<(Time, Action)>,
+}
+
+impl World {
+    fn new(setup: &Setup, answers: &[Answer], record: bool) -> World {
+        let config = Config {
+            interval: ms(setup.interval_ms),
+            signal_on_hup: sig(setup.on_hup),
+            signal_on_term: sig(setup.on_term),
+            term: sig(15),
+        };
+        let settings = settings(setup.auto_restart, setup.kill_old_delay);
+        World {
+            core: Lifecycle::new(config, settings.clone(), Time::ZERO),
+            interval: ms(setup.interval_ms),
+            now: Time::ZERO,
+            next_pid: 101,
+            processes: BTreeMap::new(),
+            spawned: BTreeMap::new(),
+            answers: answers.iter().copied().collect(),
+            settings,
+            pending: Pending::default(),
+            steps: 0,
+            stopped: None,
+            exit_seen: false,
+            hups: Vec::new(),
+            spawns: Vec::new(),
+            seen_hup: false,
+            seen_auto: false,
+            seen_failure: false,
+            running: None,
+            trace: record.then(Vec::new),
+            actions: Vec::new(),
+        }
+    }
+
+    fn note(&mut self, what: impl FnOnce() -> String) {
+        if let Some(trace) = &mut self.trace {
+            trace.push(format!("t={:>8.3}s  {}", self.now.as_secs_f64(), what()));
+        }
+    }
+
+    fn recording(&self) -> bool {
+        self.trace.is_some()
+    }
+
+    // ------------------------------------------------------------ events
+
+    fn apply(&mut self, op: &Op) -> Checked {
+        match op {
+            Op::Turn => self.turn(),
+            Op::Advance { ms: n, late } => self.advance(ms(*n), *late),
+            Op::ToDeadline => {
+                if let Some(at) = self.core.next_deadline() {
+                    self.set_clock(at);
+                }
+                self.turn()
+            }
+            Op::Hup => {
+                self.hup();
+                Ok(())
+            }
+            Op::Stop(stop) => {
+                self.stop(*stop);
+                Ok(())
+            }
+            Op::Exit { who, status } => {
+                if let Some(pid) = self.choose(*who) {
+                    self.exit(pid, *status);
+                }
+                Ok(())
+            }
+            Op::Settings {
+                auto_restart,
+                kill_old_delay,
+            } => {
+                self.settings = settings(*auto_restart, kill_old_delay);
+                self.note(|| {
+                    format!(
+                        "   envdir: auto-restart {auto_restart:?}, kill-old delay {kill_old_delay}"
+                    )
+                });
+                Ok(())
+            }
+        }
+    }
+
+    fn hup(&mut self) {
+        self.note(|| "   HUP arrives".to_string());
+        self.pending.hup = true;
+    }
+
+    fn stop(&mut self, stop: Stop) {
+        self.note(|| format!("   {stop:?} arrives"));
+        // The shell keeps the first of TERM and INT.
+        self.pending.stop.get_or_insert(stop);
+    }
+
+    /// Process `pid` exits; the shell will reap it at its next turn.
+    fn exit(&mut self, pid: i32, status: i32) {
+        self.note(|| format!("   pid {pid} exits, status {status}"));
+        if let Some(p) = self.processes.get_mut(&pid) {
+            p.exited = true;
+        }
+        self.pending.exits.push((pid, status));
+    }
+
+    fn live(&self) -> impl Iterator<Item = (&i32, &Process)> {
+        self.processes.iter().filter(|(_, p)| !p.exited)
+    }
+
+    fn is_live(&self, pid: i32) -> bool {
+        self.processes.get(&pid).is_some_and(|p| !p.exited)
+    }
+
+    fn choose(&self, who: Who) -> Option<i32> {
+        let nth = |pids: Vec<i32>, i: u8| -> Option<i32> {
+            (!pids.is_empty()).then(|| pids[i as usize % pids.len()])
+        };
+        match who {
+            Who::Current => self.core.current().map(|w| w.pid),
+            Who::Checking => checking(&self.core).map(|w| w.pid),
+            Who::Old(i) => nth(self.core.old_workers().iter().map(|w| w.pid).collect(), i),
+            Who::Signalled(i) => nth(
+                self.live()
+                    .filter(|(_, p)| !p.signals.is_empty())
+                    .map(|(pid, _)| *pid)
+                    .collect(),
+                i,
+            ),
+            Who::Any(i) => nth(self.live().map(|(pid, _)| *pid).collect(), i),
+            Who::Stranger => Some(STRANGER),
+        }
+        .filter(|pid| *pid == STRANGER || self.is_live(*pid))
+    }
+
+    fn set_clock(&mut self, at: Time) {
+        if at > self.now {
+            self.now = at;
+        }
+    }
+
+    /// Moves the clock on by `by`, waking at each deadline on the way
+    /// unless the loop is `late`.
+    fn advance(&mut self, by: Duration, late: bool) -> Checked {
+        let target = self.now + by;
+        self.note(|| {
+            format!(
+                "   clock +{}ms{}",
+                by.as_millis(),
+                if late { " (late)" } else { "" }
+            )
+        });
+        if !late {
+            let mut turns = 0;
+            while let Some(at) = self.core.next_deadline() {
+                if at > target {
+                    break;
+                }
+                self.set_clock(at);
+                self.turn()?;
+                turns += 1;
+                ensure!(turns < 100_000, "no busy loop", "deadlines never end");
+            }
+        }
+        self.set_clock(target);
+        self.turn()
+    }
+
+    /// One turn of the shell's loop: what it observed, then a tick.
+    fn turn(&mut self) -> Checked {
+        if let Some(stop) = self.pending.stop.take() {
+            self.feed(Event::Stop(stop))?;
+        }
+        if self.core.settings() != &self.settings {
+            self.feed(Event::Settings(self.settings.clone()))?;
+        }
+        for (pid, status) in std::mem::take(&mut self.pending.exits) {
+            self.processes.remove(&pid);
+            self.feed(Event::ChildExited { pid, status })?;
+        }
+        if std::mem::take(&mut self.pending.hup) {
+            self.feed(Event::Hup)?;
+        }
+        self.feed(Event::Tick)?;
+        if let Some(at) = self.core.next_deadline() {
+            ensure!(
+                at > self.now,
+                "no busy loop",
+                "after a tick at {:?} the next deadline is {at:?}",
+                self.now
+            );
+        }
+        Ok(())
+    }
+
+    /// Feeds one event and carries out the actions, answering a spawn at
+    /// once, as the shell does.
+    fn feed(&mut self, event: Event) -> Checked {
+        if self.recording() {
+            let shown = show_event(&event);
+            self.note(|| format!("<- {shown}"));
+        }
+        let step = self.steps;
+        self.steps += 1;
+        let was_exited = self.core.exited();
+        let was_stopping = self.core.stopping().is_some();
+        match &event {
+            Event::Stop(stop) if self.stopped.is_none() => self.stopped = Some((step, *stop)),
+            Event::Hup if self.stopped.is_none() => self.hups.push((step, self.now)),
+            _ => {}
+        }
+        let actions = self.core.step(event.clone(), self.now);
+        if self.recording() {
+            for a in &actions {
+                let shown = show_action(a);
+                self.note(|| format!("-> {shown}"));
+                self.actions.push((self.now, a.clone()));
+            }
+        }
+        self.check_step(step, &event, &actions, was_exited, was_stopping)?;
+        for action in actions {
+            match action {
+                Action::Kill { pid, signal } => {
+                    if let Some(p) = self.processes.get_mut(&pid) {
+                        p.signals.push(signal.number);
+                    }
+                }
+                Action::Spawn { generation } => {
+                    let answer = self.answer(generation);
+                    self.feed(answer)?;
+                }
+                Action::Exit => self.exit_seen = true,
+                Action::Log(_) | Action::WriteStatus(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn answer(&mut self, generation: u64) -> Event {
+        let answer = self.answers.pop_front().unwrap_or(Answer::Ok);
+        if answer == Answer::ForkFailed {
+            return Event::SpawnFailed {
+                error: FORK_FAILURE.to_string(),
+            };
+        }
+        let pid = self.next_pid;
+        self.next_pid += 1;
+        self.spawned.insert(pid, generation);
+        self.processes.insert(
+            pid,
+            Process {
+                generation,
+                signals: Vec::new(),
+                exited: false,
+            },
+        );
+        let failure = if answer == Answer::ExecFailed {
+            self.exit(pid, EXEC_FAILED_STATUS);
+            Some(EXEC_FAILURE.to_string())
+        } else {
+            None
+        };
+        Event::Spawned { pid, failure }
+    }
+
+    // ------------------------------------------------------------ invariants
+
+    fn check_step(
+        &mut self,
+        step: usize,
+        event: &Event,
+        actions: &[Action],
+        was_exited: bool,
+        was_stopping: bool,
+    ) -> Checked {
+        ensure!(
+            !was_exited || actions.is_empty(),
+            "exit only when all are gone",
+            "actions after Exit: {actions:?}"
+        );
+        let stop_signal = self.stopped.map(|(_, stop)| match stop {
+            Stop::Term => self.core.config().signal_on_term.clone(),
+            Stop::Int => self.core.config().term.clone(),
+        });
+        for (i, action) in actions.iter().enumerate() {
+            let last = i + 1 == actions.len();
+            match action {
+                Action::Log(line) => self.check_line(line)?,
+                Action::Spawn { generation } => {
+                    ensure!(last, "spawn last", "{actions:?}");
+                    ensure!(
+                        self.stopped.is_none(),
+                        "stop signals every worker",
+                        "spawn of generation {generation} after TERM/INT"
+                    );
+                    ensure!(
+                        *generation == self.spawns.len() as u64 + 1,
+                        "spawn gap",
+                        "generation {generation} after {} spawns",
+                        self.spawns.len()
+                    );
+                    if let Some(previous) = self.spawns.last() {
+                        let gap = self.now - previous.at;
+                        ensure!(
+                            gap >= RETRY_GAP.max(self.interval),
+                            "spawn gap",
+                            "spawns {gap:?} apart (at {:?} and {:?})",
+                            previous.at,
+                            self.now
+                        );
+                    }
+                    let cause = if self.seen_hup {
+                        Cause::Hup
+                    } else if self.seen_auto {
+                        Cause::AutoRestart
+                    } else if self.seen_failure {
+                        Cause::Retry
+                    } else {
+                        Cause::Initial
+                    };
+                    (self.seen_hup, self.seen_auto, self.seen_failure) = (false, false, false);
+                    self.spawns.push(SpawnRecord {
+                        step,
+                        at: self.now,
+                        cause,
+                    });
+                }
+                Action::Kill { pid, signal } => {
+                    ensure!(
+                        self.processes.contains_key(pid),
+                        "spawned pids are tracked",
+                        "kill {pid}, which is not a worker or was reaped"
+                    );
+                    if let Some(stop_signal) = &stop_signal {
+                        ensure!(
+                            signal == stop_signal,
+                            "stop signals every worker",
+                            "kill {pid} with {} after TERM/INT",
+                            signal.name
+                        );
+                        continue;
+                    }
+                    self.check_restart_kill(*pid, signal)?;
+                }
+                Action::WriteStatus(entries) => {
+                    let state = self.core.status_entries();
+                    ensure!(
+                        *entries == state,
+                        "status file",
+                        "wrote {entries:?}, state has {state:?}"
+                    );
+                    ensure!(
+                        entries.windows(2).all(|p| p[0].0 < p[1].0),
+                        "status file",
+                        "not in generation order: {entries:?}"
+                    );
+                    for (generation, pid) in entries {
+                        ensure!(
+                            self.spawned.get(pid) == Some(generation),
+                            "status file",
+                            "{generation}:{pid} was not spawned as such"
+                        );
+                    }
+                }
+                Action::Exit => {
+                    ensure!(
+                        self.stopped.is_some() && last,
+                        "exit only when all are gone",
+                        "Exit without TERM/INT, or not last: {actions:?}"
+                    );
+                    ensure!(
+                        self.processes.is_empty(),
+                        "exit only when all are gone",
+                        "Exit while {:?} have not been reaped",
+                        self.processes.keys().collect::<Vec<_>>()
+                    );
+                    ensure!(
+                        i > 0 && actions[i - 1] == Action::Log("exiting".to_string()),
+                        "exit only when all are gone",
+                        "Exit not right after `exiting`: {actions:?}"
+                    );
+                }
+            }
+        }
+        let exited_now = actions.contains(&Action::Exit);
+        ensure!(
+            exited_now == (self.core.exited() && !was_exited),
+            "exit only when all are gone",
+            "Exit returned: {exited_now}, core exited: {}",
+            self.core.exited()
+        );
+        if matches!(event, Event::Stop(_)) && !was_stopping {
+            let killed: BTreeSet<i32> = actions
+                .iter()
+                .filter_map(|a| match a {
+                    Action::Kill { pid, .. } => Some(*pid),
+                    _ => None,
+                })
+                .collect();
+            let workers: BTreeSet<i32> = self.processes.keys().copied().collect();
+            ensure!(
+                killed == workers,
+                "stop signals every worker",
+                "signalled {killed:?}, workers are {workers:?}"
+            );
+        }
+        self.check_state()
+    }
+
+    /// A kill before TERM/INT: the end of a restart.
+    fn check_restart_kill(&self, pid: i32, signal: &Sig) -> Checked {
+        let rule = "restart signals only old workers";
+        ensure!(
+            *signal == self.core.config().signal_on_hup,
+            rule,
+            "kill {pid} with {}",
+            signal.name
+        );
+        // Current and old workers all passed their start check (a restart
+        // makes the current worker old, possibly in this very step).
+        let core = &self.core;
+        let generation = self.processes[&pid].generation;
+        let newest = core
+            .current()
+            .iter()
+            .chain(core.old_workers())
+            .map(|w| w.generation)
+            .max();
+        ensure!(
+            core.old_workers().iter().any(|w| w.pid == pid),
+            rule,
+            "kill {pid}, which is not an old worker: current {:?}, old {:?}",
+            core.current(),
+            core.old_workers()
+        );
+        ensure!(
+            newest.is_some_and(|g| g > generation),
+            rule,
+            "kill {pid} (generation {generation}) while the newest generation that passed its \
+             start check is {newest:?}"
+        );
+        let rule = "old workers signalled after the start check";
+        let Some((at, delay)) = self.running else {
+            return Err(Failure {
+                rule,
+                detail: format!("kill {pid} before any `new worker is now running`"),
+            });
+        };
+        ensure!(
+            at + delay <= self.now,
+            rule,
+            "kill {pid} at {:?}, the new worker ran at {at:?} with a delay of {delay:?}",
+            self.now
+        );
+        Ok(())
+    }
+
+    fn check_line(&mut self, line: &str) -> Checked {
+        ensure!(
+            LOG_LINES.iter().any(|p| matches_line(p, line)),
+            "log lines",
+            "{line:?}"
+        );
+        if line == "received HUP, spawning a new worker" {
+            self.seen_hup = true;
+        } else if line.starts_with("autorestart triggered") {
+            self.seen_auto = true;
+        } else if line.contains("seems to have failed")
+            || line.contains("died unexpectedly")
+            || line.starts_with("failed to start a new worker")
+        {
+            self.seen_failure = true;
+        } else if line.starts_with("new worker is now running") {
+            self.running = Some((self.now, self.core.settings().kill_old_delay.duration()));
+        }
+        Ok(())
+    }
+
+    fn check_state(&self) -> Checked {
+        let core = &self.core;
+        let mut tracked: Vec<Worker> = core.current().into_iter().collect();
+        tracked.extend(core.old_workers());
+        tracked.extend(core.stopping().unwrap_or_default());
+        tracked.extend(checking(core));
+        let pids: BTreeSet<i32> = tracked.iter().map(|w| w.pid).collect();
+        ensure!(
+            pids.len() == tracked.len(),
+            "one current generation",
+            "a pid tracked twice: {tracked:?}"
+        );
+        let live: BTreeSet<i32> = self.processes.keys().copied().collect();
+        ensure!(
+            pids == live,
+            "spawned pids are tracked",
+            "the core tracks {pids:?}, unreaped workers are {live:?}"
+        );
+        for w in &tracked {
+            ensure!(
+                self.spawned.get(&w.pid) == Some(&w.generation),
+                "spawned pids are tracked",
+                "{w:?} was not spawned as such"
+            );
+        }
+        if core.stopping().is_some() {
+            return Ok(());
+        }
+        let newest_old = core.old_workers().iter().map(|w| w.generation).max();
+        if let Some(current) = core.current() {
+            ensure!(
+                newest_old.is_none_or(|g| g < current.generation),
+                "one current generation",
+                "current {current:?}, old {:?}",
+                core.old_workers()
+            );
+        }
+        let starting = core.start().and_then(|s| match &s.phase {
+            Phase::Waiting { .. } => None,
+            Phase::Spawning { generation } => Some(*generation),
+            Phase::Checking(a) => Some(a.worker.generation),
+        });
+        if let Some(starting) = starting {
+            let newest = newest_old.max(core.current().map(|w| w.generation));
+            ensure!(
+                newest.is_none_or(|g| g < starting),
+                "one current generation",
+                "generation {starting} starts while {newest:?} exists"
+            );
+        }
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ the end
+
+    /// Plays the case to its end: the clock runs on with no more exits
+    /// until the core is quiet, then TERM or INT, then every worker exits.
+    fn finish(&mut self, final_stop: Stop) -> Checked {
+        self.note(|| "   (end of the events: spawns succeed, no worker exits)".to_string());
+        self.answers.clear();
+        self.settings.auto_restart = None;
+        self.turn()?;
+        let mut turns = 0;
+        while let Some(at) = self.core.next_deadline() {
+            self.set_clock(at);
+            self.turn()?;
+            turns += 1;
+            ensure!(turns < 1000, "no busy loop", "the core never gets quiet");
+        }
+        if self.stopped.is_none() {
+            self.check_quiet()?;
+        }
+        self.check_hup_bursts()?;
+        if self.stopped.is_none() {
+            self.stop(final_stop);
+            self.turn()?;
+        }
+        let left: Vec<(i32, i32)> = self
+            .live()
+            .map(|(pid, p)| (*pid, p.signals.last().copied().unwrap_or(9)))
+            .collect();
+        for (pid, status) in left {
+            self.exit(pid, status);
+        }
+        self.turn()?;
+        ensure!(
+            self.exit_seen,
+            "exit only when all are gone",
+            "no Exit after TERM/INT once every worker exited"
+        );
+        Ok(())
+    }
+
+    fn check_quiet(&self) -> Checked {
+        let core = &self.core;
+        ensure!(
+            core.current().is_some(),
+            "one current generation",
+            "quiet with no current worker"
+        );
+        let on_hup = core.config().signal_on_hup.number;
+        for w in core.old_workers() {
+            let signalled = self.processes[&w.pid].signals.contains(&on_hup);
+            ensure!(
+                signalled,
+                "one current generation",
+                "quiet, and old worker {} was never sent {}",
+                w.pid,
+                core.config().signal_on_hup.name
+            );
+        }
+        if let Some((hup, at)) = self.hups.last() {
+            ensure!(
+                self.spawns.last().is_some_and(|s| s.step > *hup),
+                "no HUP lost",
+                "the HUP at {at:?} has no spawn after it"
+            );
+        }
+        Ok(())
+    }
+
+    fn check_hup_bursts(&self) -> Checked {
+        let window = self.interval.max(HUP_GAP);
+        let served = |hup_step: usize| {
+            let i = self.spawns.partition_point(|s| s.step < hup_step);
+            self.spawns
+                .get(i)
+                .filter(|s| s.cause == Cause::Hup)
+                .map(|s| s.step)
+        };
+        for (i, (_, start)) in self.hups.iter().enumerate() {
+            let spawns: BTreeSet<usize> = self.hups[i..]
+                .iter()
+                .take_while(|(_, at)| *at < *start + window)
+                .filter_map(|(step, _)| served(*step))
+                .collect();
+            ensure!(
+                spawns.len() <= 3,
+                "HUP burst",
+                "the HUPs in [{start:?}, {:?}) caused {} spawns",
+                *start + window,
+                spawns.len()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The worker in its start check that has not exited.
+fn checking(core: &Lifecycle) -> Option<Worker> {
+    match &core.start()?.phase {
+        Phase::Checking(a) if a.exit.is_none() => Some(a.worker),
+        _ => None,
+    }
+}
+
+/// Whether `line` fits `pattern`, `{}` standing for any non-empty text.
+fn matches_line(pattern: &str, line: &str) -> bool {
+    let mut parts = pattern.split("{}");
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = line.strip_prefix(first) else {
+        return false;
+    };
+    let parts: Vec<&str> = parts.collect();
+    for (i, part) in parts.iter().enumerate() {
+        if i + 1 == parts.len() {
+            return rest.len() > part.len() && rest.ends_with(part);
+        }
+        let Some(at) = rest.get(1..).and_then(|r| r.find(part)) else {
+            return false;
+        };
+        rest = &rest[1 + at + part.len()..];
+    }
+    rest.is_empty()
+}
+
+fn show_event(event: &Event) -> String {
+    match event {
+        Event::Tick => "Tick".to_string(),
+        Event::Hup => "Hup".to_string(),
+        Event::Stop(stop) => format!("{stop:?}"),
+        Event::ChildExited { pid, status } => format!("ChildExited pid {pid} status {status}"),
+        Event::Spawned { pid, failure: None } => format!("Spawned pid {pid}"),
+        Event::Spawned {
+            pid,
+            failure: Some(f),
+        } => format!("Spawned pid {pid}, failed: {f}"),
+        Event::SpawnFailed { error } => format!("SpawnFailed: {error}"),
+        Event::Settings(s) => format!(
+            "Settings auto-restart {:?}, kill-old delay {}",
+            s.auto_restart.as_ref().map(|a| &a.text),
+            s.kill_old_delay.text
+        ),
+    }
+}
+
+fn show_action(action: &Action) -> String {
+    match action {
+        Action::Log(line) => format!("log: {line}"),
+        Action::Spawn { generation } => format!("Spawn gen {generation}"),
+        Action::Kill { pid, signal } => format!("Kill {pid} {}", signal.name),
+        Action::WriteStatus(entries) => {
+            let lines: Vec<String> = entries.iter().map(|(g, p)| format!("{g}:{p}")).collect();
+            format!("WriteStatus [{}]", lines.join(" "))
+        }
+        Action::Exit => "Exit".to_string(),
+    }
+}
+
+// ---------------------------------------------------------------- running
+
+/// Plays `case`; the world is returned for its timeline.
+fn play(case: &Case, record: bool) -> (World, Checked) {
+    let mut world = World::new(&case.setup, &case.answers, record);
+    let result = catch_unwind(AssertUnwindSafe(|| -> Checked {
+        world.turn()?;
+        for op in &case.ops {
+            world.apply(op)?;
+        }
+        world.finish(case.setup.final_stop)
+    }));
+    let result = result.unwrap_or_else(|panic| {
+        let detail = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default();
+        Err(Failure {
+            rule: "no panic",
+            detail,
+        })
+    });
+    (world, result)
+}
+
+fn fails_with(case: &Case, rule: &str) -> bool {
+    play(case, false).1.is_err_and(|f| f.rule == rule)
+}
+
+/// The smallest case found that still breaks `rule`.
+fn shrink(mut case: Case, rule: &str) -> Case {
+    loop {
+        let before = case.clone();
+        for answers in [false, true] {
+            let len = |c: &Case| {
+                if answers {
+                    c.answers.len()
+                } else {
+                    c.ops.len()
+                }
+            };
+            let mut size = len(&case).div_ceil(2);
+            while size > 0 {
+                let mut i = 0;
+                while i < len(&case) {
+                    let mut smaller = case.clone();
+                    let end = (i + size).min(len(&smaller));
+                    if answers {
+                        smaller.answers.drain(i..end);
+                    } else {
+                        smaller.ops.drain(i..end);
+                    }
+                    if fails_with(&smaller, rule) {
+                        case = smaller;
+                    } else {
+                        i += size;
+                    }
+                }
+                size /= 2;
+            }
+        }
+        for i in 0..case.ops.len() {
+            for simpler in simpler_ops(&case.ops[i]) {
+                let mut candidate = case.clone();
+                candidate.ops[i] = simpler;
+                if fails_with(&candidate, rule) {
+                    case = candidate;
+                    break;
+                }
+            }
+        }
+        for simpler in simpler_setups(&case.setup) {
+            let mut candidate = case.clone();
+            candidate.setup = simpler;
+            if fails_with(&candidate, rule) {
+                case = candidate;
+                break;
+            }
+        }
+        if case == before {
+            return case;
+        }
+    }
+}
+
+fn simpler_ops(op: &Op) -> Vec<Op> {
+    match op {
+        Op::Advance { ms, late } => {
+            let mut out = Vec::new();
+            if *late {
+                out.push(Op::Advance {
+                    ms: *ms,
+                    late: false,
+                });
+            }
+            if *ms > 0 {
+                out.push(Op::ToDeadline);
+                for n in [0, ms / 2] {
+                    out.push(Op::Advance { ms: n, late: *late });
+                }
+            }
+            out
+        }
+        Op::ToDeadline | Op::Hup | Op::Stop(_) | Op::Settings { .. } => vec![Op::Turn],
+        Op::Exit { who, status } if *status != 0 => vec![Op::Exit {
+            who: *who,
+            status: 0,
+        }],
+        _ => Vec::new(),
+    }
+}
+
+fn simpler_setups(setup: &Setup) -> Vec<Setup> {
+    let mut out = Vec::new();
+    let mut push = |s: Setup| {
+        if s != *setup {
+            out.push(s);
+        }
+    };
+    push(Setup {
+        on_hup: 15,
+        on_term: 15,
+        ..setup.clone()
+    });
+    push(Setup {
+        auto_restart: None,
+        ..setup.clone()
+    });
+    push(Setup {
+        kill_old_delay: "0",
+        ..setup.clone()
+    });
+    for interval_ms in [0, 100, 1000]
+        .into_iter()
+        .filter(|n| *n < setup.interval_ms)
+    {
+        push(Setup {
+            interval_ms,
+            ..setup.clone()
+        });
+    }
+    out
+}
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("{name}={value:?} is not a number")),
+    )
+}
+
+/// The report of a failing case: the rule, the shrunk timeline, and how to
+/// replay it.
+fn report(seed: u64, original: &Case, failure: &Failure) -> String {
+    let case = shrink(original.clone(), failure.rule);
+    let (world, result) = play(&case, true);
+    let failure = result.err().unwrap_or_else(|| failure.clone());
+    let mut text = format!(
+        "rule \"{}\" broken: {}\nseed {seed} (replay: SIM_SEED={seed} SIM_CASES=1 cargo test \
+         --bin start_server simulation); shrunk from {} events to {}\n\n",
+        failure.rule,
+        failure.detail,
+        original.ops.len(),
+        case.ops.len()
+    );
+    text.push_str(&format!(
+        "setup: {:?}\nspawn outcomes: {:?}\n\ntimeline:\n",
+        case.setup, case.answers
+    ));
+    for line in world.trace.unwrap_or_default() {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text.push_str(&format!("\ncase: {case:?}\n"));
+    text
+}
+
+#[test]
+fn random_timelines_keep_every_invariant() {
+    let cases = env_u64("SIM_CASES").unwrap_or(10_000);
+    let first = env_u64("SIM_SEED").unwrap_or(0x5eed_0000);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8)) as u64;
+    let next = AtomicU64::new(0);
+    let failed = AtomicBool::new(false);
+    let failure: Mutex<Option<(u64, Case, Failure)>> = Mutex::new(None);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                while !failed.load(Ordering::Relaxed) {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= cases {
+                        return;
+                    }
+                    let seed = first.wrapping_add(i);
+                    let case = generate(seed);
+                    if let Err(f) = play(&case, false).1 {
+                        failed.store(true, Ordering::Relaxed);
+                        let mut slot = failure.lock().unwrap();
+                        if slot.as_ref().is_none_or(|(s, ..)| seed < *s) {
+                            *slot = Some((seed, case, f));
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some((seed, case, f)) = failure.into_inner().unwrap() {
+        panic!("{}", report(seed, &case, &f));
+    }
+}
+
+// ---------------------------------------------------------------- timelines
+
+impl World {
+    /// A recording world after the shell's first turn at time zero.
+    fn start(setup: &Setup, answers: &[Answer]) -> World {
+        let mut world = World::new(setup, answers, true);
+        world.must(|w| w.turn());
+        world
+    }
+
+    /// Runs `f`; an invariant it breaks fails the test with the timeline.
+    fn must(&mut self, f: impl FnOnce(&mut World) -> Checked) {
+        if let Err(failure) = f(self) {
+            let trace = self.trace.as_deref().unwrap_or_default().join("\n");
+            panic!(
+                "rule \"{}\" broken: {}\ntimeline:\n{trace}",
+                failure.rule, failure.detail
+            );
+        }
+    }
+
+    /// One turn of the loop at `at_ms`.
+    fn turn_at(&mut self, at_ms: u64) {
+        self.set_clock(ms(at_ms));
+        self.must(|w| w.turn());
+    }
+
+    /// The loop runs until `until_ms`, waking at every deadline. Workers
+    /// that are `obedient` exit as soon as they are signalled.
+    fn run_until(&mut self, until_ms: u64, obedient: bool) {
+        let until = ms(until_ms);
+        loop {
+            if obedient {
+                let signalled: Vec<(i32, i32)> = self
+                    .live()
+                    .filter_map(|(pid, p)| p.signals.last().map(|s| (*pid, *s)))
+                    .collect();
+                for (pid, status) in signalled {
+                    self.exit(pid, status);
+                }
+            }
+            let pending = self.pending.hup || self.pending.stop.is_some();
+            if pending || !self.pending.exits.is_empty() {
+                self.must(|w| w.turn());
+                continue;
+            }
+            match self.core.next_deadline() {
+                Some(at) if at <= until => {
+                    self.set_clock(at);
+                    self.must(|w| w.turn());
+                }
+                _ => break,
+            }
+        }
+        self.set_clock(until);
+    }
+
+    /// The actions from `from_ms` on, as `seconds action` lines.
+    fn actions_from(&self, from_ms: u64) -> Vec<String> {
+        self.actions
+            .iter()
+            .filter(|(at, _)| *at >= ms(from_ms))
+            .map(|(at, a)| format!("{:.3} {}", at.as_secs_f64(), show_action(a)))
+            .collect()
+    }
+
+    fn spawn_times_ms(&self) -> Vec<u128> {
+        self.spawns.iter().map(|s| s.at.as_millis()).collect()
+    }
+}
+
+/// 100 HUPs 1 ms apart, each its own loop turn, then the loop runs on
+/// with workers that exit when signalled.
+fn hup_storm(interval_ms: u64) -> World {
+    let mut w = World::start(&Setup::plain(interval_ms), &[]);
+    for i in 0..100 {
+        w.run_until(5000 + i, true);
+        w.hup();
+        w.turn_at(5000 + i);
+    }
+    w.run_until(5099 + 2 * interval_ms + 300, true);
+    w
+}
+
+#[test]
+fn hup_storm_at_one_second_is_two_restarts_the_last_after_the_last_hup() {
+    let w = hup_storm(1000);
+    assert_eq!(w.spawn_times_ms(), [0, 5000, 6000]);
+    assert_eq!(
+        w.actions_from(5000),
+        [
+            "5.000 log: received HUP, spawning a new worker",
+            "5.000 Spawn gen 2",
+            "5.000 log: starting new worker 102",
+            "6.000 WriteStatus [1:101 2:102]",
+            "6.000 log: new worker is now running, sending TERM to old workers:101",
+            "6.000 log: killing old workers",
+            "6.000 Kill 101 TERM",
+            "6.000 log: received HUP, spawning a new worker",
+            "6.000 Spawn gen 3",
+            "6.000 log: starting new worker 103",
+            "6.000 log: old worker 101 died, status:15",
+            "6.000 WriteStatus [2:102]",
+            "7.000 WriteStatus [2:102 3:103]",
+            "7.000 log: new worker is now running, sending TERM to old workers:102",
+            "7.000 log: killing old workers",
+            "7.000 Kill 102 TERM",
+            "7.000 log: old worker 102 died, status:15",
+            "7.000 WriteStatus [3:103]",
+        ]
+    );
+    // One generation left within 2 x interval + 300 ms of the last HUP.
+    assert_eq!(w.core.status_entries(), [(3, 103)]);
+    assert!(w.core.old_workers().is_empty() && w.core.start().is_none());
+}
+
+#[test]
+fn hup_storm_at_interval_zero_is_two_restarts_a_hup_gap_apart() {
+    let w = hup_storm(0);
+    assert_eq!(w.spawn_times_ms(), [0, 5000, 5250]);
+    assert_eq!(
+        w.actions_from(5000),
+        [
+            "5.000 log: received HUP, spawning a new worker",
+            "5.000 Spawn gen 2",
+            "5.000 log: starting new worker 102",
+            "5.000 WriteStatus [1:101 2:102]",
+            "5.000 log: new worker is now running, sending TERM to old workers:101",
+            "5.000 log: killing old workers",
+            "5.000 Kill 101 TERM",
+            "5.000 log: old worker 101 died, status:15",
+            "5.000 WriteStatus [2:102]",
+            "5.001 log: received HUP, spawning a new worker",
+            "5.250 Spawn gen 3",
+            "5.250 log: starting new worker 103",
+            "5.250 WriteStatus [2:102 3:103]",
+            "5.250 log: new worker is now running, sending TERM to old workers:102",
+            "5.250 log: killing old workers",
+            "5.250 Kill 102 TERM",
+            "5.250 log: old worker 102 died, status:15",
+            "5.250 WriteStatus [3:103]",
+        ]
+    );
+    assert_eq!(w.core.status_entries(), [(3, 103)]);
+}
+
+#[test]
+fn a_worker_crashing_in_its_start_check_is_replaced_and_old_ones_wait() {
+    let mut w = World::start(&Setup::plain(1000), &[]);
+    w.run_until(400, true);
+    w.exit(101, 256);
+    w.run_until(5000, true);
+    w.hup();
+    w.turn_at(5000);
+    w.run_until(5500, true);
+    w.exit(103, 9);
+    w.run_until(8000, true);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "1.000 log: new worker 101 seems to have failed to start, exit status:256",
+            "1.000 Spawn gen 2",
+            "1.000 log: starting new worker 102",
+            "2.000 WriteStatus [2:102]",
+            "5.000 log: received HUP, spawning a new worker",
+            "5.000 Spawn gen 3",
+            "5.000 log: starting new worker 103",
+            "6.000 log: new worker 103 seems to have failed to start, exit status:9",
+            "6.000 Spawn gen 4",
+            "6.000 log: starting new worker 104",
+            "7.000 WriteStatus [2:102 4:104]",
+            "7.000 log: new worker is now running, sending TERM to old workers:102",
+            "7.000 log: killing old workers",
+            "7.000 Kill 102 TERM",
+            "7.000 log: old worker 102 died, status:15",
+            "7.000 WriteStatus [4:104]",
+        ]
+    );
+}
+
+#[test]
+fn forced_auto_restart_when_old_workers_ignore_the_signal() {
+    let setup = Setup {
+        auto_restart: Some("2"),
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    w.run_until(9500, false);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "1.000 WriteStatus [1:101]",
+            "3.000 log: autorestart triggered (interval=2)",
+            "3.000 Spawn gen 2",
+            "3.000 log: starting new worker 102",
+            "4.000 WriteStatus [1:101 2:102]",
+            "4.000 log: new worker is now running, sending TERM to old workers:101",
+            "4.000 log: killing old workers",
+            "4.000 Kill 101 TERM",
+            // Not at 6.000: worker 101 is still there. Twice the period
+            // after the last restart:
+            "8.000 log: autorestart triggered (forced, interval=2)",
+            "8.000 Spawn gen 3",
+            "8.000 log: starting new worker 103",
+            "9.000 WriteStatus [1:101 2:102 3:103]",
+            "9.000 log: new worker is now running, sending TERM to old workers:101,102",
+            "9.000 log: killing old workers",
+            "9.000 Kill 101 TERM",
+            "9.000 Kill 102 TERM",
+        ]
+    );
+}
+
+#[test]
+fn term_during_the_kill_old_delay_ends_everything_at_once() {
+    let setup = Setup {
+        kill_old_delay: "5",
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    w.run_until(2000, true);
+    w.hup();
+    w.run_until(4000, true);
+    assert_eq!(w.core.next_deadline(), Some(ms(8000)));
+    w.stop(Stop::Term);
+    w.run_until(4000, true);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "1.000 WriteStatus [1:101]",
+            "2.000 log: received HUP, spawning a new worker",
+            "2.000 Spawn gen 2",
+            "2.000 log: starting new worker 102",
+            "3.000 WriteStatus [1:101 2:102]",
+            "3.000 log: new worker is now running, sending TERM to old workers:101",
+            "3.000 log: sleeping 5 secs before killing old workers",
+            "4.000 log: received TERM, sending TERM to all workers:101,102",
+            "4.000 Kill 101 TERM",
+            "4.000 Kill 102 TERM",
+            "4.000 log: worker 101 died, status:15",
+            "4.000 WriteStatus [2:102]",
+            "4.000 log: worker 102 died, status:15",
+            "4.000 WriteStatus []",
+            "4.000 log: exiting",
+            "4.000 Exit",
+        ]
+    );
+    assert!(w.core.exited());
+}
+
+#[test]
+fn exec_failure_reported_after_fork_is_retried_after_the_retry_gap() {
+    let mut w = World::start(&Setup::plain(0), &[Answer::Ok, Answer::ExecFailed]);
+    w.run_until(2000, true);
+    w.hup();
+    w.turn_at(2000);
+    // The check waits for the failed child's exit, whatever the interval.
+    assert_eq!(w.core.next_deadline(), None);
+    w.turn_at(2001);
+    assert_eq!(w.core.next_deadline(), Some(ms(2000) + RETRY_GAP));
+    w.run_until(3000, true);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "0.000 WriteStatus [1:101]",
+            "2.000 log: received HUP, spawning a new worker",
+            "2.000 Spawn gen 2",
+            "2.000 log: starting new worker 102",
+            "2.000 log: failed to exec ./app: No such file or directory (os error 2)",
+            "2.001 log: new worker 102 seems to have failed to start, exit status:65280",
+            "2.100 Spawn gen 3",
+            "2.100 log: starting new worker 103",
+            "2.100 WriteStatus [1:101 3:103]",
+            "2.100 log: new worker is now running, sending TERM to old workers:101",
+            "2.100 log: killing old workers",
+            "2.100 Kill 101 TERM",
+            "2.100 log: old worker 101 died, status:15",
+            "2.100 WriteStatus [3:103]",
+        ]
+    );
+}
