@@ -21,9 +21,10 @@ use crate::settings::Settings;
 /// Monotonic time since the supervisor started.
 pub type Time = Duration;
 
-/// A failed start or a crash is retried no sooner than this after the
-/// spawn that failed, even with `--interval=0`, so that a broken worker
-/// cannot become a fork loop.
+/// Two spawns are never closer than this, even with `--interval=0`: a
+/// broken worker cannot become a fork loop, and start_server never forks
+/// workers more than ten times a second. A HUP long after the last spawn
+/// is acted on at once.
 pub const RETRY_GAP: Duration = Duration::from_millis(100);
 
 /// A restart asked for by a HUP that came while the previous restart was
@@ -130,7 +131,8 @@ pub struct Start {
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Phase {
-    /// Not spawned yet; not before this time.
+    /// Not spawned yet; not before this time, nor within [`RETRY_GAP`] of
+    /// the last spawn.
     Waiting { not_before: Time },
     /// [`Action::Spawn`] was returned; its answer has not come yet.
     Spawning { generation: u64 },
@@ -185,6 +187,8 @@ pub struct Lifecycle {
     last_spawn: Option<Time>,
     /// TERM or INT was received: the workers still to exit.
     stopping: Option<Vec<Worker>>,
+    /// The signal they were sent.
+    stop_signal: Option<Sig>,
     exited: bool,
 }
 
@@ -209,6 +213,7 @@ impl Lifecycle {
             last_restart: now,
             last_spawn: None,
             stopping: None,
+            stop_signal: None,
             exited: false,
         }
     }
@@ -309,7 +314,10 @@ impl Lifecycle {
         }
         if let Some(start) = &self.start {
             return match &start.phase {
-                Phase::Waiting { not_before } => Some((*not_before, Due::Spawn)),
+                Phase::Waiting { not_before } => {
+                    let gap_end = self.last_spawn.map_or(Time::ZERO, |t| t + RETRY_GAP);
+                    Some(((*not_before).max(gap_end), Due::Spawn))
+                }
                 Phase::Spawning { .. } => None,
                 Phase::Checking(a) if a.doomed && a.exit.is_none() => None,
                 Phase::Checking(a) => Some((a.started + self.config.interval, Due::Check)),
@@ -452,12 +460,11 @@ impl Lifecycle {
 
     /// A worker spawned after TERM or INT is signalled and waited for.
     fn adopt_while_stopping(&mut self, worker: Worker, out: &mut Vec<Action>) {
-        if let Some(remaining) = self.stopping.as_mut() {
+        if let (Some(remaining), Some(signal)) = (self.stopping.as_mut(), &self.stop_signal) {
             remaining.push(worker);
-            let signal = self.config.term.clone();
             out.push(Action::Kill {
                 pid: worker.pid,
-                signal,
+                signal: signal.clone(),
             });
         }
     }
@@ -482,9 +489,7 @@ impl Lifecycle {
                 );
                 self.start = Some(Start {
                     reason: start.reason,
-                    phase: Phase::Waiting {
-                        not_before: attempt.started + RETRY_GAP,
-                    },
+                    phase: Phase::Waiting { not_before: now },
                 });
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
@@ -573,12 +578,10 @@ impl Lifecycle {
             // up, as under the reference.
             self.current = None;
             if self.start.is_none() {
-                // Its spawn was the last one: no other start ran since.
-                let spawned = self.last_spawn.unwrap_or(Time::ZERO);
                 self.start = Some(Start {
                     reason: Reason::Crash,
                     phase: Phase::Waiting {
-                        not_before: spawned + RETRY_GAP,
+                        not_before: Time::ZERO,
                     },
                 });
             }
@@ -631,6 +634,7 @@ impl Lifecycle {
             });
         }
         self.stopping = Some(remaining);
+        self.stop_signal = Some(signal);
         self.exit_when_all_gone(out);
     }
 

@@ -1410,9 +1410,9 @@ fn hup_storm_at_one_second_is_two_restarts_the_last_after_the_last_hup() {
 }
 
 #[test]
-fn hup_storm_at_interval_zero_is_two_restarts_a_hup_gap_apart() {
+fn hup_storm_at_interval_zero_is_two_restarts_a_retry_gap_apart() {
     let w = hup_storm(0);
-    assert_eq!(w.spawn_times_ms(), [0, 5000, 5250]);
+    assert_eq!(w.spawn_times_ms(), [0, 5000, 5100]);
     assert_eq!(
         w.actions_from(5000),
         [
@@ -1426,17 +1426,42 @@ fn hup_storm_at_interval_zero_is_two_restarts_a_hup_gap_apart() {
             "5.000 log: old worker 101 died, status:15",
             "5.000 WriteStatus [2:102]",
             "5.001 log: received HUP, spawning a new worker",
-            "5.250 Spawn gen 3",
-            "5.250 log: starting new worker 103",
-            "5.250 WriteStatus [2:102 3:103]",
-            "5.250 log: new worker is now running, sending TERM to old workers:102",
-            "5.250 log: killing old workers",
-            "5.250 Kill 102 TERM",
-            "5.250 log: old worker 102 died, status:15",
-            "5.250 WriteStatus [3:103]",
+            "5.100 Spawn gen 3",
+            "5.100 log: starting new worker 103",
+            "5.100 WriteStatus [2:102 3:103]",
+            "5.100 log: new worker is now running, sending TERM to old workers:102",
+            "5.100 log: killing old workers",
+            "5.100 Kill 102 TERM",
+            "5.100 log: old worker 102 died, status:15",
+            "5.100 WriteStatus [3:103]",
         ]
     );
     assert_eq!(w.core.status_entries(), [(3, 103)]);
+}
+
+/// A storm of a second at `--interval=0`, old workers taking a
+/// millisecond to exit: each HUP restart is still under way when the next
+/// HUP comes, so the follow-ups keep [`HUP_GAP`] between their spawns, and
+/// the last spawn still comes after the last HUP.
+#[test]
+fn a_second_long_storm_with_lingering_old_workers_is_paced_by_the_hup_gap() {
+    let mut w = World::start(&Setup::plain(0), &[]);
+    w.run_until(5000, true);
+    for i in 0..1000 {
+        let signalled: Vec<(i32, i32)> = w
+            .live()
+            .filter_map(|(pid, p)| p.signals.last().map(|s| (*pid, *s)))
+            .collect();
+        w.run_until(5000 + i, false);
+        w.hup();
+        w.turn_at(5000 + i);
+        for (pid, status) in signalled {
+            w.exit(pid, status);
+        }
+    }
+    w.run_until(7000, true);
+    assert_eq!(w.spawn_times_ms(), [0, 5000, 5250, 5500, 5750, 6000]);
+    assert_eq!(w.core.status_entries().len(), 1);
 }
 
 #[test]
