@@ -98,6 +98,28 @@
 //! of another generation that inherits a non-blocking socket sees `accept`
 //! return `WouldBlock` instead of hanging. [`listeners`] itself leaves the file
 //! status flags alone.
+//!
+//! # Readiness
+//!
+//! A worker may tell its supervisor when it is ready to serve, with the
+//! systemd notify protocol (`sd_notify(3)`): the supervisor names a unix
+//! datagram socket in `NOTIFY_SOCKET` (a path, or `@name` in Linux's
+//! abstract namespace), and the worker sends it `READY=1`. Under
+//! `start_server --notify-ready` that is what makes a new generation
+//! current, rather than having lived for `--interval`; systemd does the
+//! same for a `Type=notify` service. [`notify_ready`] sends `READY=1`,
+//! [`notify`] any other state (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`,
+//! `STOPPING=1`); both return `Ok(false)` and do nothing when the variable
+//! is unset, so a worker calls them unconditionally:
+//!
+//! ```no_run
+//! let listeners = server_starter::listeners()?;
+//! // ... load, warm up ...
+//! if let Err(err) = server_starter::notify_ready() {
+//!     eprintln!("cannot report readiness: {err}");
+//! }
+//! # Ok::<(), server_starter::Error>(())
+//! ```
 
 #![warn(missing_docs)]
 
@@ -108,14 +130,32 @@ use std::mem;
 use std::net::{TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::net::UnixListener;
+use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 /// The variable naming the inherited sockets.
 const PORT_VAR: &str = "SERVER_STARTER_PORT";
 
 /// The variable holding the worker's generation number.
 const GENERATION_VAR: &str = "SERVER_STARTER_GENERATION";
+
+/// The variable naming the supervisor's notify socket.
+const NOTIFY_VAR: &str = "NOTIFY_SOCKET";
+
+/// How long a notification waits for room in the receiver's queue.
+/// libsystemd's `sd_notify()` waits without bound.
+const NOTIFY_SEND_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The size of `sockaddr_un.sun_path` (108 bytes on Linux).
+const SUN_PATH_LEN: usize =
+    mem::size_of::<libc::sockaddr_un>() - mem::offset_of!(libc::sockaddr_un, sun_path);
+
+/// `sendto` flags: no `SIGPIPE` (macOS has no such flag).
+#[cfg(not(target_vendor = "apple"))]
+const SEND_FLAGS: c_int = libc::MSG_NOSIGNAL;
+#[cfg(target_vendor = "apple")]
+const SEND_FLAGS: c_int = 0;
 
 /// Set once [`listeners`] has handed out the inherited descriptors.
 static TAKEN: AtomicBool = AtomicBool::new(false);
@@ -159,6 +199,28 @@ pub enum Error {
     /// A system call on an inherited descriptor failed for another reason; the
     /// cause is the [`source`](std::error::Error::source).
     Io(io::Error),
+    /// The notify socket address (`NOTIFY_SOCKET`, or the one given to
+    /// [`notify_to`]) is not one a datagram can be sent to: it is neither an
+    /// absolute path nor `@name`, or it is too long for a unix socket address
+    /// (on Linux at most 107 bytes for a path, 107 after the `@` for a
+    /// name), or it
+    /// holds a NUL byte, or it is an abstract name on a system other than
+    /// Linux.
+    InvalidNotifySocket {
+        /// The address, as given.
+        socket: OsString,
+    },
+    /// Sending the notification datagram failed: nothing is bound at the
+    /// address (`ENOENT`, `ECONNREFUSED`), no permission (`EACCES`), the
+    /// state is larger than a datagram may be (`EMSGSIZE`), the receiver's
+    /// queue stayed full for the whole send timeout (`EAGAIN`), and so on;
+    /// the cause is the [`source`](std::error::Error::source).
+    NotifyFailed {
+        /// The address the datagram was sent to, as given.
+        socket: OsString,
+        /// Why the send failed.
+        source: io::Error,
+    },
 }
 
 impl fmt::Display for Error {
@@ -187,6 +249,17 @@ impl fmt::Display for Error {
             ),
             Error::AlreadyTaken => write!(f, "the inherited sockets were already taken"),
             Error::Io(_) => write!(f, "system call on an inherited socket failed"),
+            Error::InvalidNotifySocket { socket } => write!(
+                f,
+                "invalid notify socket {:?}: {}",
+                socket.to_string_lossy(),
+                address_problem(socket.as_bytes()).unwrap_or_else(|| "unusable address".into())
+            ),
+            Error::NotifyFailed { socket, .. } => write!(
+                f,
+                "cannot send a notification to {:?}",
+                socket.to_string_lossy()
+            ),
         }
     }
 }
@@ -194,7 +267,7 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(err) => Some(err),
+            Error::Io(err) | Error::NotifyFailed { source: err, .. } => Some(err),
             _ => None,
         }
     }
@@ -494,6 +567,245 @@ fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener
     result
 }
 
+/// Sends `state` to the supervisor's notify socket, named by `NOTIFY_SOCKET`,
+/// as one datagram: the systemd notify protocol (`sd_notify(3)`).
+///
+/// `state` is newline-separated `KEY=VALUE` assignments, sent as they are:
+/// `READY=1` (ready to serve, see [`notify_ready`]), `STATUS=text`,
+/// `EXTEND_TIMEOUT_USEC=n` (more time to get ready), `STOPPING=1`, ...
+/// Receivers ignore assignments they do not know, and drop a whole message
+/// that holds a NUL byte or does not fit their buffer (4096 bytes for
+/// systemd).
+///
+/// `NOTIFY_SOCKET` is an absolute path (`/run/app/notify.sock`) or, on
+/// Linux, `@name`: a socket in the abstract namespace, which has no file.
+/// [`notify_to`] says how the datagram is sent.
+///
+/// # Outcomes
+///
+/// - `Ok(true)`: the datagram was queued at the receiving socket. That is
+///   all: the supervisor reads it later, and may ignore it.
+/// - `Ok(false)`: `NOTIFY_SOCKET` is unset, or set but empty (as go-systemd
+///   reads it, so that `NOTIFY_SOCKET= worker` turns notifications off).
+///   Nothing was sent, and this is not an error: the worker runs without a
+///   supervisor that listens (`start_server` without `--notify-ready`, a
+///   shell).
+/// - [`Error::InvalidNotifySocket`]: the variable holds something else than
+///   such an address.
+/// - [`Error::NotifyFailed`]: the send failed.
+///
+/// # The variable stays set
+///
+/// Unlike `sd_notify()` with `unset_environment`, this never removes
+/// `NOTIFY_SOCKET`. A worker may exec another program that must notify in
+/// its turn (a wrapper that execs the real server, a new binary of itself),
+/// and may notify again itself (`STATUS=`, `STOPPING=1`). Removing a
+/// variable is also unsound while another thread may read the environment
+/// (hence `unsafe` [`std::env::remove_var`]), and a library cannot know that
+/// no other thread does. A worker whose children must not notify in its
+/// name (a notify-aware sidecar daemon would report *its* readiness)
+/// removes the variable for them:
+/// `Command::new("sidecar").env_remove("NOTIFY_SOCKET")`.
+///
+/// # Examples
+///
+/// ```no_run
+/// server_starter::notify("READY=1\nSTATUS=serving on 2 sockets")?;
+/// // ... serve until told to stop ...
+/// server_starter::notify("STOPPING=1")?;
+/// # Ok::<(), server_starter::Error>(())
+/// ```
+pub fn notify(state: &str) -> Result<bool, Error> {
+    notify_from(std::env::var_os(NOTIFY_VAR).as_deref(), state)
+}
+
+/// Tells the supervisor that the worker is ready to serve: [`notify`] with
+/// `READY=1`.
+///
+/// Call it once the worker has taken its sockets and can answer on them,
+/// after whatever slow start-up it does (loading, warming caches): under
+/// `start_server --notify-ready` this is what makes the new generation
+/// current and the previous one stop. Calling it again is harmless.
+///
+/// # Outcomes
+///
+/// As for [`notify`]: `Ok(true)` when sent; `Ok(false)` when
+/// `NOTIFY_SOCKET` is unset or empty (nobody listens: not an error);
+/// [`Error::InvalidNotifySocket`] or [`Error::NotifyFailed`] otherwise.
+///
+/// # Examples
+///
+/// What `start_server --notify-ready` does for each generation, done by
+/// hand: a datagram socket to receive on, named in `NOTIFY_SOCKET`.
+///
+/// ```
+/// use std::os::unix::net::UnixDatagram;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("notify.sock");
+/// let supervisor = UnixDatagram::bind(&path)?;
+/// // SAFETY: the doctest is single-threaded; nothing reads the environment
+/// // concurrently.
+/// unsafe { std::env::set_var("NOTIFY_SOCKET", &path) };
+///
+/// assert!(server_starter::notify_ready()?);
+/// let mut buf = [0; 4096];
+/// let len = supervisor.recv(&mut buf)?;
+/// assert_eq!(&buf[..len], b"READY=1");
+///
+/// // Without a supervisor that listens there is nothing to do.
+/// // SAFETY: as above.
+/// unsafe { std::env::remove_var("NOTIFY_SOCKET") };
+/// assert!(!server_starter::notify_ready()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn notify_ready() -> Result<bool, Error> {
+    notify("READY=1")
+}
+
+/// Sends `state` as one datagram to the unix datagram socket at `socket`:
+/// an absolute path, or `@name` for a name in Linux's abstract namespace.
+/// This is [`notify`] with the address given rather than read from
+/// `NOTIFY_SOCKET`.
+///
+/// The datagram goes out from a new unbound `SOCK_DGRAM` socket, created
+/// close-on-exec so that it never leaks into a program another thread
+/// starts meanwhile, and closed before this returns. `sendto` gets
+/// `MSG_NOSIGNAL` (no `SIGPIPE`, whatever the receiver did) and is retried
+/// on `EINTR`. While the receiver's queue is full (a unix datagram socket
+/// queues 10 by default) the send waits for room, for at most 5 seconds:
+/// long for a supervisor that reads as it should, short enough that a
+/// worker does not hang on one that stopped reading.
+///
+/// # Outcomes
+///
+/// - `Ok(())`: the datagram was queued at the receiving socket.
+/// - [`Error::InvalidNotifySocket`]: `socket` is empty, relative, too long
+///   for a unix socket address, holds a NUL byte, or is `@name` on a system
+///   other than Linux. Nothing was sent.
+/// - [`Error::NotifyFailed`]: the send failed, with the system's error as
+///   the source: `ENOENT` when nothing exists at the path, `ECONNREFUSED`
+///   when nothing is bound there (a stale socket file, a file that is not a
+///   socket, an abstract name nobody holds), `EACCES`, `EPROTOTYPE` for a
+///   stream socket, `EMSGSIZE` for a state too large for one datagram,
+///   `EAGAIN` when the queue stayed full.
+///
+/// # Examples
+///
+/// ```
+/// use std::os::unix::net::UnixDatagram;
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("notify.sock");
+/// let supervisor = UnixDatagram::bind(&path)?;
+///
+/// server_starter::notify_to(path.as_os_str(), "READY=1\nSTATUS=warm")?;
+/// let mut buf = [0; 4096];
+/// let len = supervisor.recv(&mut buf)?;
+/// assert_eq!(&buf[..len], b"READY=1\nSTATUS=warm");
+///
+/// let error = server_starter::notify_to("notify.sock".as_ref(), "READY=1").unwrap_err();
+/// assert!(matches!(error, server_starter::Error::InvalidNotifySocket { .. }));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn notify_to(socket: &OsStr, state: &str) -> Result<(), Error> {
+    let (address, len) =
+        socket_address(socket.as_bytes()).ok_or_else(|| Error::InvalidNotifySocket {
+            socket: socket.to_owned(),
+        })?;
+    send_datagram(&address, len, state.as_bytes()).map_err(|source| Error::NotifyFailed {
+        socket: socket.to_owned(),
+        source,
+    })
+}
+
+/// [`notify`] with the value of `NOTIFY_SOCKET` passed in.
+fn notify_from(socket: Option<&OsStr>, state: &str) -> Result<bool, Error> {
+    match socket {
+        Some(socket) if !socket.is_empty() => notify_to(socket, state).map(|()| true),
+        _ => Ok(false),
+    }
+}
+
+/// What is wrong with a notify socket address, if anything.
+fn address_problem(address: &[u8]) -> Option<String> {
+    // A path needs room for its terminating NUL; an abstract name follows a
+    // leading NUL.
+    let max = SUN_PATH_LEN - 1;
+    let too_long =
+        |len: usize| format!("too long for a unix socket address ({len} bytes, at most {max})");
+    match address {
+        [] => Some("empty".to_string()),
+        _ if address.contains(&0) => Some("contains a NUL byte".to_string()),
+        [b'/', ..] if address.len() > max => Some(too_long(address.len())),
+        [b'/', ..] => None,
+        [b'@'] => Some("empty abstract name".to_string()),
+        [b'@', name @ ..] if name.len() > max => Some(too_long(name.len())),
+        [b'@', ..] if !cfg!(any(target_os = "linux", target_os = "android")) => {
+            Some("abstract socket names exist on Linux only".to_string())
+        }
+        [b'@', ..] => None,
+        _ => Some("neither an absolute path nor @name".to_string()),
+    }
+}
+
+/// The `sockaddr_un` for a notify socket address (`/path` or `@name`) and
+/// its length; `None` if [`address_problem`] finds one.
+fn socket_address(address: &[u8]) -> Option<(libc::sockaddr_un, libc::socklen_t)> {
+    if address_problem(address).is_some() {
+        return None;
+    }
+    // SAFETY: all-zero bytes are a valid `sockaddr_un`.
+    let mut addr: libc::sockaddr_un = unsafe { mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    // A path is NUL-terminated. An abstract name is a NUL byte and the
+    // name, not terminated: the length passed says where it ends
+    // (unix(7)).
+    let (start, bytes, used) = match address {
+        [b'@', name @ ..] => (1, name, 1 + name.len()),
+        path => (0, path, path.len() + 1),
+    };
+    for (slot, &byte) in addr.sun_path[start..].iter_mut().zip(bytes) {
+        *slot = byte as libc::c_char;
+    }
+    let len = mem::offset_of!(libc::sockaddr_un, sun_path) + used;
+    Some((addr, len as libc::socklen_t))
+}
+
+/// Sends one datagram from a new socket, closed on return.
+fn send_datagram(
+    address: &libc::sockaddr_un,
+    len: libc::socklen_t,
+    datagram: &[u8],
+) -> io::Result<()> {
+    // std creates it with SOCK_CLOEXEC (FD_CLOEXEC at once where that flag
+    // does not exist).
+    let socket = UnixDatagram::unbound()?;
+    socket.set_write_timeout(Some(NOTIFY_SEND_TIMEOUT))?;
+    loop {
+        // SAFETY: `datagram` is valid for reads of its length, `address`
+        // for reads of `len` bytes (at most its size).
+        let sent = unsafe {
+            libc::sendto(
+                socket.as_raw_fd(),
+                datagram.as_ptr().cast(),
+                datagram.len(),
+                SEND_FLAGS,
+                (address as *const libc::sockaddr_un).cast(),
+                len,
+            )
+        };
+        // A datagram goes out whole or not at all.
+        if sent >= 0 {
+            return Ok(());
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+}
+
 /// The kinds of socket a [`Listener`] can hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -774,11 +1086,197 @@ mod tests {
     }
 
     #[test]
+    fn notify_errors_display_lowercase_and_name_the_socket() {
+        let errors = [
+            Error::InvalidNotifySocket {
+                socket: "run/notify".into(),
+            },
+            Error::NotifyFailed {
+                socket: "/run/notify".into(),
+                source: io::Error::from_raw_os_error(libc::ENOENT),
+            },
+        ];
+        for error in errors {
+            let text = error.to_string();
+            assert!(!text.ends_with('.'), "{text}");
+            assert!(text.starts_with(|c: char| c.is_ascii_lowercase()), "{text}");
+            assert!(text.contains("run/notify"), "{text}");
+        }
+    }
+
+    #[test]
     fn io_error_is_the_source() {
         use std::error::Error as _;
         let error = Error::Io(io::Error::from_raw_os_error(libc::EBADF));
         assert!(error.source().is_some());
         assert!(Error::NotStarted.source().is_none());
+        let error = Error::NotifyFailed {
+            socket: "/x".into(),
+            source: io::Error::from_raw_os_error(libc::ENOENT),
+        };
+        assert!(error.source().is_some());
+    }
+
+    /// A datagram socket bound in a fresh temporary directory, as a
+    /// supervisor would hold it.
+    fn notify_receiver() -> (tempfile::TempDir, std::path::PathBuf, UnixDatagram) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("notify.sock");
+        let receiver = UnixDatagram::bind(&path).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        (dir, path, receiver)
+    }
+
+    /// Every datagram waiting on `receiver`.
+    fn received(receiver: &UnixDatagram) -> Vec<Vec<u8>> {
+        let mut datagrams = Vec::new();
+        let mut buf = [0u8; 8192];
+        loop {
+            match receiver.recv(&mut buf) {
+                Ok(len) => datagrams.push(buf[..len].to_vec()),
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return datagrams,
+                Err(err) => panic!("recv: {err}"),
+            }
+        }
+    }
+
+    #[test]
+    fn notify_sends_exactly_the_state_as_one_datagram() {
+        let (_dir, path, receiver) = notify_receiver();
+        let state = "READY=1\nSTATUS=serving 2 sockets\nEXTEND_TIMEOUT_USEC=5000000";
+        assert!(notify_from(Some(path.as_os_str()), state).unwrap());
+        notify_to(path.as_os_str(), "READY=1").unwrap();
+        assert_eq!(
+            received(&receiver),
+            [state.as_bytes().to_vec(), b"READY=1".to_vec()]
+        );
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    #[test]
+    fn notify_reaches_an_abstract_name() {
+        #[cfg(target_os = "android")]
+        use std::os::android::net::SocketAddrExt;
+        #[cfg(target_os = "linux")]
+        use std::os::linux::net::SocketAddrExt;
+        use std::os::unix::net::SocketAddr;
+
+        let name = format!("server-starter-test-{}-notify", std::process::id());
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+        let receiver = UnixDatagram::bind_addr(&addr).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        let socket = format!("@{name}");
+        assert!(notify_from(Some(OsStr::new(&socket)), "READY=1").unwrap());
+        assert_eq!(received(&receiver), [b"READY=1".to_vec()]);
+
+        // The name is exactly what follows the `@`: a longer or shorter one
+        // is another address, held by nobody.
+        for other in [format!("@{name}x"), format!("@{}", &name[1..])] {
+            let error = notify_to(OsStr::new(&other), "READY=1").unwrap_err();
+            assert!(
+                matches!(&error, Error::NotifyFailed { source, .. }
+                    if source.raw_os_error() == Some(libc::ECONNREFUSED)),
+                "{other}: {error:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn notify_without_a_socket_is_not_an_error() {
+        assert!(!notify_from(None, "READY=1").unwrap());
+        assert!(!notify_from(Some(OsStr::new("")), "READY=1").unwrap());
+    }
+
+    #[test]
+    fn notify_to_nothing_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nobody.sock");
+        let error = notify_from(Some(path.as_os_str()), "READY=1").unwrap_err();
+        match &error {
+            Error::NotifyFailed { socket, source } => {
+                assert_eq!(socket, path.as_os_str());
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            error.to_string().contains(path.to_str().unwrap()),
+            "{error}"
+        );
+
+        // A socket file nobody holds any more, and a file that is no socket.
+        let stale = dir.path().join("stale.sock");
+        drop(UnixDatagram::bind(&stale).unwrap());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "").unwrap();
+        for path in [stale, file] {
+            let error = notify_to(path.as_os_str(), "READY=1").unwrap_err();
+            assert!(
+                matches!(&error, Error::NotifyFailed { source, .. }
+                    if source.raw_os_error() == Some(libc::ECONNREFUSED)),
+                "{}: {error:?}",
+                path.display()
+            );
+        }
+
+        // A stream socket is not a datagram socket.
+        let stream = dir.path().join("stream.sock");
+        let _listener = UnixListener::bind(&stream).unwrap();
+        let error = notify_to(stream.as_os_str(), "READY=1").unwrap_err();
+        assert!(
+            matches!(&error, Error::NotifyFailed { source, .. }
+                if source.raw_os_error() == Some(libc::EPROTOTYPE)),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn notify_refuses_what_is_no_address() {
+        let longest_path = format!("/{}", "x".repeat(SUN_PATH_LEN - 2));
+        let too_long_path = format!("/{}", "x".repeat(SUN_PATH_LEN - 1));
+        let longest_name = format!("@{}", "x".repeat(SUN_PATH_LEN - 1));
+        let too_long_name = format!("@{}", "x".repeat(SUN_PATH_LEN));
+        assert_eq!(address_problem(longest_path.as_bytes()), None);
+        assert_eq!(
+            address_problem(longest_name.as_bytes()).is_none(),
+            cfg!(any(target_os = "linux", target_os = "android"))
+        );
+        for socket in [
+            "",
+            "notify.sock",
+            "./notify.sock",
+            "~/notify.sock",
+            "@",
+            "/run/no\0tify",
+            &too_long_path,
+            &too_long_name,
+        ] {
+            let error = notify_to(OsStr::new(socket), "READY=1").unwrap_err();
+            match &error {
+                Error::InvalidNotifySocket { socket: named } => assert_eq!(named, socket),
+                other => panic!("{socket:?}: {other:?}"),
+            }
+            if socket.len() > SUN_PATH_LEN {
+                assert!(error.to_string().contains("too long"), "{error}");
+            }
+        }
+        // From the variable, too: set but malformed is an error.
+        assert!(matches!(
+            notify_from(Some(OsStr::new("notify.sock")), "READY=1"),
+            Err(Error::InvalidNotifySocket { .. })
+        ));
+    }
+
+    #[test]
+    fn notify_reaches_the_longest_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = format!("{}/", dir.path().display());
+        let longest = format!("{prefix}{}", "x".repeat(SUN_PATH_LEN - 1 - prefix.len()));
+        assert_eq!(longest.len(), SUN_PATH_LEN - 1);
+        let receiver = UnixDatagram::bind(&longest).unwrap();
+        receiver.set_nonblocking(true).unwrap();
+        notify_to(OsStr::new(&longest), "READY=1").unwrap();
+        assert_eq!(received(&receiver), [b"READY=1".to_vec()]);
     }
 
     #[test]
