@@ -9,8 +9,9 @@
 //! curl http://127.0.0.1:8080/          # pid=1240 generation=2, no request lost
 //! ```
 //!
-//! It takes its sockets with [`server_starter::listeners`] and serves them all
-//! from one `poll` loop, which also watches a self-pipe that SIGTERM and SIGINT
+//! It takes its sockets with [`server_starter::listeners`], says it is ready
+//! with [`server_starter::notify_ready`] (a no-op unless the supervisor set
+//! `NOTIFY_SOCKET`), and serves them all from one `poll` loop, which also watches a self-pipe that SIGTERM and SIGINT
 //! write to. On either signal it stops accepting, lets the connections in
 //! flight finish, and exits 0: that is what lets `start_server` replace it
 //! without dropping requests, since the listening sockets stay open in the
@@ -46,16 +47,21 @@ fn main() -> ExitCode {
     match run() {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            let mut message = format!("echo_server: {err}");
-            let mut source = err.source();
-            while let Some(cause) = source {
-                message.push_str(&format!(": {cause}"));
-                source = cause.source();
-            }
-            eprintln!("{message}");
+            eprintln!("echo_server: {}", error_chain(err.as_ref()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes, joined by `: `.
+fn error_chain(err: &dyn Error) -> String {
+    let mut message = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        message.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    message
 }
 
 fn run() -> Result<(), Box<dyn Error>> {
@@ -82,6 +88,13 @@ fn run() -> Result<(), Box<dyn Error>> {
     for (key, listener) in &listeners {
         set_nonblocking(listener)?;
         eprintln!("echo_server: serving {key} ({})", kind(listener));
+    }
+    // Everything is in place: the next accept succeeds. A supervisor that
+    // waits for READY=1 (`start_server --notify-ready`) may now retire the
+    // previous generation. Not being able to say so is no reason to stop
+    // serving: without the message the supervisor falls back to its timeout.
+    if let Err(err) = server_starter::notify_ready() {
+        eprintln!("echo_server: {}", error_chain(&err));
     }
 
     let mut connections = serve_until_shutdown(&listeners, &shutdown, &body)?;
