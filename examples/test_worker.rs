@@ -19,6 +19,11 @@
 //! | `TW_EXIT_AFTER_MS=N` | exit after N milliseconds, with `TW_EXIT_CODE` (default 0) |
 //! | `TW_ORPHAN_MS=N` | at start, leave behind an orphaned grandchild that sleeps N ms |
 //! | `TW_WRITE_STDOUT=N` | once started, write N bytes (lines of `x`) to stdout from a thread, with blocking writes, as a chatty server does; a full pipe blocks only that thread |
+//! | `TW_READY=now` | once started (after `PID.start`), send `READY=1` to `NOTIFY_SOCKET` with [`server_starter::notify`]; unset: send nothing, as a worker that does not speak the notify protocol |
+//! | `TW_READY=after:MS` | the same, MS milliseconds after starting (from a thread: it serves and handles signals meanwhile) |
+//! | `TW_READY=never` | never send `READY=1` (the same as unset, said explicitly) |
+//! | `TW_EXTEND_USEC=N` | once started, send `EXTEND_TIMEOUT_USEC=N` first, then `READY=1` as `TW_READY` says |
+//! | `TW_NOTIFY_FROM_CHILD=1` | `READY=1` is sent by a child process the worker starts for it (itself, run again with `TW_NOTIFY_CHILD` set) and reaps, not by the worker: a notification from another process of the generation |
 //!
 //! Files written into `TW_DIR`, named by the worker's pid:
 //!
@@ -38,6 +43,12 @@
 //! - `PID.orphan`: the pid of the grandchild left by `TW_ORPHAN_MS`, written
 //!   before `PID.start`.
 //! - `PID.wrote`: written once all of `TW_WRITE_STDOUT` went out.
+//! - `PID.notify`: one `STATE pid=SENDER time_ms=MS result=RESULT` line per
+//!   notification, appended once it was sent: STATE as sent (a newline as
+//!   `\n`), SENDER the pid that sent it (the child's for
+//!   `TW_NOTIFY_FROM_CHILD`; `none` when the child could not be started),
+//!   RESULT `sent`, `unset` (no `NOTIFY_SOCKET`: nothing sent) or `failed`
+//!   (the error goes to stderr).
 //! - `PID.exit` (atomically, just before a deliberate exit): `reason=` (a
 //!   signal name, `timer` or `parent-gone`), `code=`, `time_ms=`.
 //!
@@ -45,8 +56,9 @@
 //! `TW_EXIT_CODE`) and when the supervisor is gone (the parent pid changed:
 //! checked every 100 ms so that no test leaks workers); 1 for
 //! `TW_FAIL_IF_GEN_BELOW`; 2 when `SERVER_STARTER_PORT` is unset; 3 for any
-//! other setup error (a bad knob, an unusable socket). Errors go to stderr,
-//! prefixed `test_worker:`.
+//! other setup error (a bad knob, an unusable socket). The notifying child
+//! of `TW_NOTIFY_FROM_CHILD` exits 0 when it sent `READY=1`, 1 otherwise.
+//! Errors go to stderr, prefixed `test_worker:`.
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
@@ -83,6 +95,10 @@ const READ_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the parent pid is checked.
 const PARENT_CHECK_PERIOD: Duration = Duration::from_millis(100);
+
+/// Set (to the worker's pid) in the child that `TW_NOTIFY_FROM_CHILD`
+/// starts: that process only sends `READY=1` and exits.
+const NOTIFY_CHILD_VAR: &str = "TW_NOTIFY_CHILD";
 
 // The Rust runtime sets SIGPIPE to ignored before `main`, which would hide
 // whether the supervisor handed it down ignored (SPEC section 3). A function
@@ -148,6 +164,24 @@ struct Config {
     exit_code: i32,
     orphan_after: Option<Duration>,
     write_stdout: Option<usize>,
+    notify: Notify,
+}
+
+/// What to tell the supervisor through `NOTIFY_SOCKET`.
+#[derive(Clone)]
+struct Notify {
+    ready: Ready,
+    extend_usec: Option<u64>,
+    from_child: bool,
+}
+
+/// When to send `READY=1` (`TW_READY`).
+#[derive(Clone, Copy)]
+enum Ready {
+    /// Unset or `never`.
+    Never,
+    Now,
+    After(Duration),
 }
 
 /// Who answers: the body of every response.
@@ -215,6 +249,9 @@ impl Reports {
 }
 
 fn main() {
+    if let Some(worker) = std::env::var_os(NOTIFY_CHILD_VAR) {
+        std::process::exit(notify_ready_as_child(&worker.to_string_lossy()));
+    }
     let inherited = capture_inherited_state();
     if let Err(failure) = run(inherited) {
         eprintln!("test_worker: {}", failure.message);
@@ -326,6 +363,11 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
             Listener::Udp(socket) => serve_udp(&key, &socket, &identity),
         });
     }
+    {
+        let reports = reports.clone();
+        let notify = config.notify.clone();
+        thread::spawn(move || send_notifications(&notify, &reports));
+    }
     Ok(())
 }
 
@@ -353,7 +395,33 @@ fn read_config() -> Result<Config, Failure> {
         exit_code: number("TW_EXIT_CODE")?.unwrap_or(0),
         orphan_after: number("TW_ORPHAN_MS")?.map(Duration::from_millis),
         write_stdout: number("TW_WRITE_STDOUT")?,
+        notify: Notify {
+            ready: ready_knob()?,
+            extend_usec: number("TW_EXTEND_USEC")?,
+            from_child: flag("TW_NOTIFY_FROM_CHILD"),
+        },
     })
+}
+
+/// `TW_READY`: `now`, `after:MS` or `never`.
+fn ready_knob() -> Result<Ready, Failure> {
+    let Ok(value) = std::env::var("TW_READY") else {
+        return Ok(Ready::Never);
+    };
+    match value.trim() {
+        "now" => Ok(Ready::Now),
+        "never" => Ok(Ready::Never),
+        other => other
+            .strip_prefix("after:")
+            .and_then(|ms| ms.parse().ok())
+            .map(|ms| Ready::After(Duration::from_millis(ms)))
+            .ok_or_else(|| {
+                fail(
+                    3,
+                    format!("TW_READY: expected now, after:MS or never, got {value:?}"),
+                )
+            }),
+    }
 }
 
 /// A numeric knob: `None` when unset, an error when not a number.
@@ -632,6 +700,93 @@ fn write_stdout(bytes: usize) -> bool {
         eprintln!("test_worker: cannot write to stdout: {err}");
     }
     result.is_ok()
+}
+
+/// Sends what `TW_EXTEND_USEC` and `TW_READY` ask for, in that order.
+fn send_notifications(notify: &Notify, reports: &Reports) {
+    if let Some(usec) = notify.extend_usec {
+        notify_and_record(reports, &format!("EXTEND_TIMEOUT_USEC={usec}"));
+    }
+    match notify.ready {
+        Ready::Never => return,
+        Ready::Now => {}
+        Ready::After(delay) => thread::sleep(delay),
+    }
+    if notify.from_child {
+        notify_ready_from_child(reports);
+    } else {
+        notify_and_record(reports, "READY=1");
+    }
+}
+
+/// Sends `state` through the library and appends what happened to
+/// `PID.notify`. Whether it was sent.
+fn notify_and_record(reports: &Reports, state: &str) -> bool {
+    let result = match server_starter::notify(state) {
+        Ok(true) => "sent",
+        Ok(false) => "unset",
+        Err(err) => {
+            eprintln!(
+                "test_worker: cannot notify {state:?}: {}",
+                error_chain(&err)
+            );
+            "failed"
+        }
+    };
+    record_notification(reports, state, &std::process::id().to_string(), result);
+    result == "sent"
+}
+
+fn record_notification(reports: &Reports, state: &str, sender: &str, result: &str) {
+    reports.append(
+        "notify",
+        &format!(
+            "{} pid={sender} time_ms={} result={result}\n",
+            state.replace('\n', "\\n"),
+            now_ms()
+        ),
+    );
+}
+
+/// Has a child process send `READY=1` (this program again, in the mode
+/// `main` enters for `TW_NOTIFY_CHILD`), and reaps it. Not a bare `fork`:
+/// the worker has threads, and the child needs more than async-signal-safe
+/// calls.
+fn notify_ready_from_child(reports: &Reports) {
+    let status = std::env::current_exe().and_then(|exe| {
+        Command::new(exe)
+            .env(NOTIFY_CHILD_VAR, reports.pid.to_string())
+            .stdin(Stdio::null())
+            .status()
+    });
+    match status {
+        Ok(status) if !status.success() => {
+            eprintln!("test_worker: the notifying child failed ({status})");
+        }
+        Ok(_) => {}
+        Err(err) => {
+            eprintln!("test_worker: cannot start the notifying child: {err}");
+            record_notification(reports, "READY=1", "none", "failed");
+        }
+    }
+}
+
+/// The child of `TW_NOTIFY_FROM_CHILD`: sends `READY=1`, records it in the
+/// worker's `.notify` file, and gives the exit status.
+fn notify_ready_as_child(worker: &str) -> i32 {
+    let Ok(pid) = worker.parse() else {
+        eprintln!("test_worker: {NOTIFY_CHILD_VAR}: not a pid: {worker:?}");
+        return 1;
+    };
+    let reports = Reports {
+        dir: std::env::var_os("TW_DIR").map(PathBuf::from),
+        pid,
+    };
+    if notify_and_record(&reports, "READY=1") {
+        0
+    } else {
+        1
+    }
 }
 
 /// Exits once the supervisor is gone, so that a test never leaks a worker.

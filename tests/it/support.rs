@@ -48,6 +48,11 @@ const SCRUBBED_ENV: &[&str] = &[
     "TW_SET_NONBLOCK",
     "TW_ORPHAN_MS",
     "TW_WRITE_STDOUT",
+    "TW_READY",
+    "TW_EXTEND_USEC",
+    "TW_NOTIFY_FROM_CHILD",
+    "TW_NOTIFY_CHILD",
+    "NOTIFY_SOCKET",
 ];
 
 /// The binary under test: `$START_SERVER_BIN` when set (to run the suite
