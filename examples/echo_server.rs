@@ -90,7 +90,7 @@ fn run() -> Result<(), Box<dyn Error>> {
         eprintln!("echo_server: serving {key} ({})", kind(listener));
     }
     // Everything is in place: the next accept succeeds. A supervisor that
-    // waits for READY=1 (`start_server --notify-ready`) may now retire the
+    // waits for READY=1 may now retire the
     // previous generation. Not being able to say so is no reason to stop
     // serving: without the message the supervisor falls back to its timeout.
     if let Err(err) = server_starter::notify_ready() {

@@ -104,10 +104,9 @@
 //! A worker may tell its supervisor when it is ready to serve, with the
 //! systemd notify protocol (`sd_notify(3)`): the supervisor names a unix
 //! datagram socket in `NOTIFY_SOCKET` (a path, or `@name` in Linux's
-//! abstract namespace), and the worker sends it `READY=1`. Under
-//! `start_server --notify-ready` that is what makes a new generation
-//! current, rather than having lived for `--interval`; systemd does the
-//! same for a `Type=notify` service. [`notify_ready`] sends `READY=1`,
+//! abstract namespace), and the worker sends it `READY=1`. A supervisor
+//! that waits for it (systemd, for a `Type=notify` service) counts the
+//! worker as started on that message rather than after a fixed delay. [`notify_ready`] sends `READY=1`,
 //! [`notify`] any other state (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`,
 //! `STOPPING=1`); both return `Ok(false)` and do nothing when the variable
 //! is unset, so a worker calls them unconditionally:
@@ -588,8 +587,7 @@ fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener
 /// - `Ok(false)`: `NOTIFY_SOCKET` is unset, or set but empty (as go-systemd
 ///   reads it, so that `NOTIFY_SOCKET= worker` turns notifications off).
 ///   Nothing was sent, and this is not an error: the worker runs without a
-///   supervisor that listens (`start_server` without `--notify-ready`, a
-///   shell).
+///   supervisor that listens (a shell, a plain `start_server`).
 /// - [`Error::InvalidNotifySocket`]: the variable holds something else than
 ///   such an address.
 /// - [`Error::NotifyFailed`]: the send failed.
@@ -623,9 +621,9 @@ pub fn notify(state: &str) -> Result<bool, Error> {
 /// `READY=1`.
 ///
 /// Call it once the worker has taken its sockets and can answer on them,
-/// after whatever slow start-up it does (loading, warming caches): under
-/// `start_server --notify-ready` this is what makes the new generation
-/// current and the previous one stop. Calling it again is harmless.
+/// after whatever slow start-up it does (loading, warming caches): a
+/// supervisor that waits for readiness counts the worker as started from
+/// then on. Calling it again is harmless.
 ///
 /// # Outcomes
 ///
@@ -635,8 +633,8 @@ pub fn notify(state: &str) -> Result<bool, Error> {
 ///
 /// # Examples
 ///
-/// What `start_server --notify-ready` does for each generation, done by
-/// hand: a datagram socket to receive on, named in `NOTIFY_SOCKET`.
+/// What a supervisor that waits for readiness does, done by hand: a
+/// datagram socket to receive on, named in `NOTIFY_SOCKET`.
 ///
 /// ```
 /// use std::os::unix::net::UnixDatagram;
