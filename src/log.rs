@@ -7,18 +7,25 @@
 //! that stops reading (a stopped `| command`, a stalled journald) must not
 //! stop restarts, reaping or shutdown.
 //!
+//! On SIGUSR1, [`reopen`] opens a plain log file again by its path (after
+//! logrotate renamed it) and puts it in place of stdout and stderr. Workers
+//! started afterwards inherit the new file; running workers keep the old
+//! one until they are replaced.
+//!
 //! Invariants: nothing here panics when the output is gone (a closed pipe,
 //! `/dev/full`): a line that cannot be written is dropped, and the
 //! supervisor keeps serving. A [`LogWriter`] never blocks, never sets
 //! `O_NONBLOCK` on the descriptor workers share, and reports every line it
-//! dropped in one `N log lines dropped` line before any later line.
+//! dropped in one `N log lines dropped` line before any later line. A
+//! failed reopen leaves stdout, stderr and the writer as they were.
 
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result};
@@ -40,14 +47,52 @@ pub struct LogSink {
     pub fd: OwnedFd,
 }
 
+/// What `--log-file` named, kept for reopening it on SIGUSR1.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// No `--log-file`: stdout and stderr are what we were started with.
+    Inherited,
+    /// A file, opened again by its path.
+    File(PathBuf),
+    /// `| command`: the command owns whatever it writes to.
+    Pipe,
+}
+
+impl Target {
+    /// The target of a `--log-file` value, if one was given.
+    pub fn of(spec: Option<&OsStr>) -> Target {
+        match spec {
+            None => Target::Inherited,
+            Some(spec) if pipe_command(spec).is_some() => Target::Pipe,
+            Some(spec) => Target::File(PathBuf::from(spec)),
+        }
+    }
+}
+
+/// The command of a `--log-file` value beginning with `|` (white space
+/// allowed around the bar).
+fn pipe_command(spec: &OsStr) -> Option<&OsStr> {
+    let command = spec.as_bytes().trim_ascii_start().strip_prefix(b"|")?;
+    Some(OsStr::from_bytes(command.trim_ascii_start()))
+}
+
+/// Opens the log file for appending, creating it with mode 0666 minus the
+/// umask, as Perl's `>>` does; close-on-exec (std's default) until it is
+/// put on stdout and stderr.
+fn open_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o666)
+        .open(path)
+}
+
 /// Opens the log file for appending, or starts `sh -c CMD` for a value
 /// beginning with `|` (the reference's Perl `open '|-'`). The command is
 /// started before any socket exists, so it inherits none.
 pub fn open(spec: &OsStr) -> Result<LogSink> {
     let shown = spec.to_string_lossy();
-    let trimmed = spec.as_bytes().trim_ascii_start();
-    if let Some(command) = trimmed.strip_prefix(b"|") {
-        let command = OsStr::from_bytes(command.trim_ascii_start());
+    if let Some(command) = pipe_command(spec) {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
@@ -62,13 +107,37 @@ pub fn open(spec: &OsStr) -> Result<LogSink> {
         drop(child);
         return Ok(LogSink { fd: stdin.into() });
     }
-    let file = OpenOptions::new()
-        .append(true)
-        .create(true)
-        .mode(0o666)
-        .open(spec)
-        .with_context(|| format!("failed to open log file:{shown}"))?;
+    let file =
+        open_file(Path::new(spec)).with_context(|| format!("failed to open log file:{shown}"))?;
     Ok(LogSink { fd: file.into() })
+}
+
+/// On SIGUSR1: a plain log file is opened again by its path and put in
+/// place of stdout and stderr, and `writer` follows it; then one line says
+/// what happened, in the new file if there is one. Nothing here is fatal:
+/// when the file cannot be opened (its directory gone, no permission),
+/// everything keeps writing to the old one, and the line says why.
+pub fn reopen(target: &Target, writer: &mut LogWriter) {
+    let line = match target {
+        Target::File(path) => match reopen_file(path, writer) {
+            Ok(()) => format!("received USR1, reopened log file {}", path.display()),
+            Err(e) => format!(
+                "received USR1, failed to reopen log file {}: {e}",
+                path.display()
+            ),
+        },
+        Target::Pipe => "received USR1, log is a pipe, nothing to reopen".to_string(),
+        Target::Inherited => "received USR1, no log file to reopen".to_string(),
+    };
+    writer.line(&line);
+}
+
+fn reopen_file(path: &Path, writer: &mut LogWriter) -> std::io::Result<()> {
+    let file = open_file(path)?;
+    nix::unistd::dup2_stdout(&file)?;
+    nix::unistd::dup2_stderr(&file)?;
+    drop(file);
+    writer.follow(std::io::stderr().as_fd())
 }
 
 impl LogSink {
@@ -147,6 +216,22 @@ impl LogWriter {
             Method::Plain
         };
         Ok(LogWriter::with(fd.try_clone_to_owned()?, method))
+    }
+
+    /// Switches to whatever `fd` is now (the reopened log file), keeping
+    /// the count of dropped lines; a line still unfinished on the old
+    /// output is finished if it can be, else counted as dropped.
+    pub fn follow(&mut self, fd: BorrowedFd<'_>) -> std::io::Result<()> {
+        let mut next = LogWriter::new(fd)?;
+        if !self.rest.is_empty() {
+            let written = self.write_part(&self.rest);
+            if self.settle(written) != Some(self.rest.len()) {
+                self.dropped += 1;
+            }
+        }
+        next.dropped = self.dropped;
+        *self = next;
+        Ok(())
     }
 
     fn with(fd: OwnedFd, method: Method) -> LogWriter {
@@ -482,6 +567,68 @@ mod tests {
             std::fs::read_to_string(&path).expect("read"),
             "earlier\none\ntwo\n"
         );
+    }
+
+    #[test]
+    fn the_target_of_a_log_file_value() {
+        assert_eq!(Target::of(None), Target::Inherited);
+        for pipe in ["| cat", "|cat", "  |  rotatelogs x 86400"] {
+            assert_eq!(Target::of(Some(OsStr::new(pipe))), Target::Pipe, "{pipe}");
+        }
+        for file in ["app.log", "/var/log/app.log", "a|b", " app.log"] {
+            assert_eq!(
+                Target::of(Some(OsStr::new(file))),
+                Target::File(PathBuf::from(file)),
+                "{file}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_writer_that_follows_a_new_file_keeps_the_count_of_dropped_lines() {
+        let (mut reader, write) = stalled_pipe(4096);
+        let writer = LogWriter::new(write.as_fd()).expect("writer");
+        let mut writer = within_deadline(writer, |w| {
+            for n in 0..100 {
+                w.line(&numbered(n));
+            }
+        });
+        let dropped = writer.dropped();
+        assert!(dropped > 0);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let file = open_file(&path).expect("open");
+        writer.follow(file.as_fd()).expect("follow");
+        assert_eq!(writer.method, Method::Plain);
+        writer.line("in the new file");
+        assert_eq!(
+            std::fs::read_to_string(&path).expect("read"),
+            format!("{dropped} log lines dropped\nin the new file\n")
+        );
+        let kept = drain(&mut reader).lines().count() as u64;
+        assert_eq!(kept + dropped, 100, "nothing more went to the old output");
+    }
+
+    #[test]
+    fn a_log_file_is_created_with_mode_0666_minus_the_umask() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let file = open_file(&path).expect("open");
+        // Read, not set: umask(2) would change it for the other tests too.
+        let status = std::fs::read_to_string("/proc/self/status").expect("status");
+        let umask = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Umask:"))
+            .and_then(|u| u32::from_str_radix(u.trim(), 8).ok())
+            .expect("Umask in /proc/self/status");
+        let mode = std::fs::metadata(&path).expect("stat").permissions().mode();
+        assert_eq!(mode & 0o777, 0o666 & !umask);
+        let flags = fcntl(&file, FcntlArg::F_GETFL).expect("F_GETFL");
+        assert_ne!(flags & libc::O_APPEND, 0);
+        let cloexec = fcntl(&file, FcntlArg::F_GETFD).expect("F_GETFD");
+        assert_ne!(cloexec & libc::FD_CLOEXEC, 0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use nix::sys::signal::{SigHandler, Signal};
 use signal_hook::SigId;
 
 static HUP: AtomicBool = AtomicBool::new(false);
+static USR1: AtomicBool = AtomicBool::new(false);
 /// The first of TERM/INT received, 0 while none.
 static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
@@ -25,10 +26,12 @@ static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pending {
     pub hup: bool,
+    /// USR1: reopen the log file (logrotate). Never forwarded to workers.
+    pub usr1: bool,
     pub shutdown: Option<Signal>,
 }
 
-/// Handlers for HUP, TERM, INT, ALRM and CHLD feeding a self-pipe.
+/// Handlers for HUP, USR1, TERM, INT, ALRM and CHLD feeding a self-pipe.
 pub struct SignalQueue {
     read: OwnedFd,
     _write: OwnedFd,
@@ -57,8 +60,11 @@ impl SignalQueue {
             .context("failed to create the signal pipe")?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
         let mut ids = Vec::new();
-        let handlers: [(i32, fn()); 5] = [
+        let handlers: [(i32, fn()); 6] = [
             (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
+            // The reference has no handler: USR1 kills it and orphans its
+            // workers. Users send it from logrotate's postrotate anyway.
+            (libc::SIGUSR1, || USR1.store(true, Ordering::SeqCst)),
             // No flag: the loop reaps with waitpid(WNOHANG) after every
             // wake-up, so the byte in the pipe is all SIGCHLD needs to say.
             (libc::SIGCHLD, || {}),
@@ -112,6 +118,7 @@ impl SignalQueue {
         }
         Pending {
             hup: HUP.swap(false, Ordering::SeqCst),
+            usr1: USR1.swap(false, Ordering::SeqCst),
             shutdown: Signal::try_from(SHUTDOWN.swap(0, Ordering::SeqCst)).ok(),
         }
     }

@@ -135,6 +135,8 @@ struct Supervisor {
     signals: SignalQueue,
     /// The loop's lines: never blocks, counts what it had to drop.
     log: LogWriter,
+    /// What SIGUSR1 reopens.
+    log_target: log::Target,
     sockets: Sockets,
     /// Released last, at exit: `--stop` waits on its lock.
     pid_file: Option<PidFile>,
@@ -181,6 +183,7 @@ impl Supervisor {
             status: config.status_file.map(StatusFile::new),
             signals,
             log,
+            log_target: log::Target::of(config.log_file.as_deref()),
             sockets,
             pid_file,
         };
@@ -200,6 +203,11 @@ impl Supervisor {
             // Drain before reaping: a SIGCHLD arriving after the drain
             // leaves a byte in the pipe, so the next poll cannot miss it.
             let pending = self.signals.drain();
+            // First, so that the lines and workers of this turn (a HUP
+            // sent with the USR1) go to the new file. Never forwarded.
+            if pending.usr1 {
+                log::reopen(&self.log_target, &mut self.log);
+            }
             if let Some(signal) = pending.shutdown {
                 let stop = if signal == Signal::SIGINT {
                     Stop::Int

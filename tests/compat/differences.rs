@@ -240,6 +240,12 @@ pub const ALL: &[Difference] = &[
         everywhere: false,
         reconcile: client_checks_lock,
     },
+    Difference {
+        id: "usr1-log-reopen",
+        title: "SIGUSR1 reopens the log file",
+        everywhere: false,
+        reconcile: usr1_log_reopen,
+    },
 ];
 
 /// The difference with this id; panics on an unknown id.
@@ -1247,6 +1253,31 @@ fn client_checks_lock(reference: &mut Record, ours: &mut Record) -> Check {
         r.clients.clear();
         r.left_running.retain(|p| p != "Z");
     }
+    Ok(())
+}
+
+fn usr1_log_reopen(reference: &mut Record, ours: &mut Record) -> Check {
+    ensure(
+        reference.exit == format!("signal={}", libc::SIGUSR1),
+        || format!("the reference's exit {}", reference.exit),
+    )?;
+    ensure(
+        worker(reference, "W1")?.end.starts_with("parent-gone"),
+        || "the reference did not orphan its worker".to_string(),
+    )?;
+    ensure(
+        has_line(&ours.log, "received USR1, reopened log file $TMP/log"),
+        || format!("our log: {:?}", ours.log),
+    )?;
+    ensure(ours.exit == "exit=0", || format!("our exit {}", ours.exit))?;
+    let w1 = worker(ours, "W1")?;
+    ensure(w1.end.starts_with("TERM"), || {
+        format!("our worker ended {}", w1.end)
+    })?;
+    ensure(!w1.signals.iter().any(|s| s.starts_with("USR1")), || {
+        format!("our worker received {:?}", w1.signals)
+    })?;
+    replace_runs(reference, ours, "usr1-log-reopen");
     Ok(())
 }
 

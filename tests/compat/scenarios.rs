@@ -619,6 +619,10 @@ pub fn files() -> Vec<Scenario> {
         standard("log_file_pipe", &["--log-file=| cat >> {T}/piped"])
             .steps([Status(&[1]), Signal(SIGHUP), Status(&[2])])
             .steps(stop()),
+        standard("log_file_reopen_on_usr1", &["--log-file={LOG}"])
+            .steps([Status(&[1]), Signal(libc::SIGUSR1), Sleep(ms(500))])
+            .steps(stop())
+            .differs(&["usr1-log-reopen"]),
         standard("log_file_cannot_open", &["--log-file={T}/missing/log"])
             .steps(up_and_stop())
             .differs(&["fatal-errors"]),

@@ -1,9 +1,10 @@
 //! `--log-file` (SPEC section 5): appending, what goes there and what stays
-//! on the terminal, the `| command` form.
+//! on the terminal, the `| command` form, reopening on SIGUSR1.
 
 use std::fs;
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
@@ -257,4 +258,201 @@ fn a_stopped_log_reader_gets_the_count_of_dropped_lines_once_resumed() {
         "{}",
         srv.describe()
     );
+}
+
+/// The test worker behind a shell that first prints a line naming its
+/// generation on stdout (the worker's own output in the log).
+fn chatty_worker() -> [String; 4] {
+    [
+        "/bin/sh".to_string(),
+        "-c".to_string(),
+        "echo \"output of generation $SERVER_STARTER_GENERATION\"; exec \"$0\"".to_string(),
+        test_worker_bin().to_str().expect("utf-8 path").to_string(),
+    ]
+}
+
+/// Where `pid`'s descriptor `fd` points.
+fn fd_target(pid: i32, fd: i32) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap_or_default()
+}
+
+#[test]
+fn usr1_reopens_the_log_file_and_the_next_generation_writes_there() {
+    let sb = Sandbox::new();
+    let log = sb.log_file();
+    let rotated = sb.path("start_server.log.1");
+    let srv = sb.server().program(chatty_worker()).spawn();
+    let first = srv.wait_current(1);
+    srv.wait_output("output of generation 1");
+    let fds_before = open_fds(srv.pid()).len();
+
+    // What logrotate does: rename, then USR1 in postrotate.
+    fs::rename(&log, &rotated).expect("rename");
+    srv.signal(Signal::SIGUSR1);
+    let reopened = format!("received USR1, reopened log file {}\n", log.display());
+    srv.wait_for("the reopen line in a new log file", || {
+        read_lossy(&log) == reopened
+    });
+    srv.assert_running();
+    for fd in [1, 2] {
+        assert_eq!(fd_target(srv.pid(), fd), log, "fd {fd}\n{}", srv.describe());
+    }
+    // The file opened is on 1 and 2 only; the old file is no longer ours.
+    assert_eq!(open_fds(srv.pid()).len(), fds_before, "{}", srv.describe());
+
+    // The next generation inherits the new file.
+    srv.signal(Signal::SIGHUP);
+    let second = srv.wait_current(2);
+    srv.wait_for("the second generation's lines in the new file", || {
+        let new = read_lossy(&log);
+        new.contains(&format!("starting new worker {}\n", second.pid))
+            && new.contains("output of generation 2\n")
+            && new.contains(&format!("old worker {} died", first.pid))
+    });
+    // The old worker got TERM for the restart, and never USR1.
+    srv.wait_signal(first.pid, "TERM");
+    assert_eq!(
+        sb.signal_names_of(first.pid),
+        ["TERM"],
+        "{}",
+        srv.describe()
+    );
+    srv.stop();
+    assert_eq!(
+        sb.signal_names_of(second.pid),
+        ["TERM"],
+        "{}",
+        srv.describe()
+    );
+
+    let old = read_lossy(&rotated);
+    assert!(
+        old.contains(&format!("starting new worker {}\n", first.pid))
+            && old.contains("output of generation 1\n"),
+        "{}",
+        srv.describe()
+    );
+    for later in ["USR1", "HUP", "generation 2", "exiting"] {
+        assert!(!old.contains(later), "{later:?} in the old file\n{old}");
+    }
+    let new = read_lossy(&log);
+    assert!(new.starts_with(&reopened), "{}", srv.describe());
+    assert!(new.ends_with("exiting\n"), "{}", srv.describe());
+    assert!(!new.contains("generation 1\n"), "{}", srv.describe());
+}
+
+#[test]
+fn usr1_with_a_log_pipe_reopens_nothing() {
+    let sb = Sandbox::new();
+    let piped = sb.path("piped.log");
+    let srv = sb
+        .server()
+        .no_log_file()
+        .arg(format!("--log-file=| cat >> {}", piped.display()))
+        .spawn();
+    let worker = srv.wait_current(1);
+    srv.signal(Signal::SIGUSR1);
+    let line = "received USR1, log is a pipe, nothing to reopen\n";
+    srv.wait_for("the USR1 line in the piped log", || {
+        read_lossy(&piped).contains(line)
+    });
+    srv.signal(Signal::SIGHUP);
+    srv.wait_current(2);
+    srv.assert_running();
+    assert_eq!(count_lines(&read_lossy(&piped), "USR1"), 1);
+    srv.wait_signal(worker.pid, "TERM");
+    assert_eq!(
+        sb.signal_names_of(worker.pid),
+        ["TERM"],
+        "{}",
+        srv.describe()
+    );
+}
+
+#[test]
+fn usr1_without_a_log_file_reopens_nothing() {
+    let sb = Sandbox::new();
+    let srv = sb.server().no_log_file().spawn();
+    let worker = srv.wait_current(1);
+    srv.signal(Signal::SIGUSR1);
+    srv.wait_output("received USR1, no log file to reopen");
+    srv.signal(Signal::SIGHUP);
+    srv.wait_current(2);
+    srv.assert_running();
+    assert_eq!(count_lines(&srv.stderr(), "USR1"), 1, "{}", srv.describe());
+    srv.wait_signal(worker.pid, "TERM");
+    assert_eq!(
+        sb.signal_names_of(worker.pid),
+        ["TERM"],
+        "{}",
+        srv.describe()
+    );
+}
+
+#[test]
+fn a_log_file_that_cannot_be_reopened_stays_in_use() {
+    let sb = Sandbox::new();
+    fs::create_dir(sb.path("logs")).expect("mkdir");
+    let log = sb.path("logs/app.log");
+    let srv = sb
+        .server()
+        .no_log_file()
+        .arg(format!("--log-file={}", log.display()))
+        .program(chatty_worker())
+        .spawn();
+    srv.wait_current(1);
+    let old = sb.path("logs.old/app.log");
+    // The directory goes: the path cannot be opened again.
+    fs::rename(sb.path("logs"), sb.path("logs.old")).expect("rename");
+    srv.signal(Signal::SIGUSR1);
+    let failed = format!(
+        "received USR1, failed to reopen log file {}: No such file or directory",
+        log.display()
+    );
+    srv.wait_for("the failure line in the old file", || {
+        read_lossy(&old).contains(&failed)
+    });
+    srv.signal(Signal::SIGHUP);
+    let second = srv.wait_current(2);
+    srv.wait_for("the second generation's lines in the old file", || {
+        let text = read_lossy(&old);
+        text.contains(&format!("starting new worker {}\n", second.pid))
+            && text.contains("output of generation 2\n")
+    });
+    srv.assert_running();
+    assert_eq!(fd_target(srv.pid(), 2), old, "{}", srv.describe());
+    assert!(!log.exists() && !sb.path("logs").exists());
+    srv.stop();
+    assert!(read_lossy(&old).ends_with("exiting\n"));
+}
+
+#[test]
+fn usr1_reopens_the_log_file_of_a_daemon() {
+    let sb = Sandbox::new();
+    let log = sb.log_file();
+    let launcher = sb.server().arg("--daemonize").spawn();
+    assert!(
+        launcher.wait_exit(TIMEOUT).success(),
+        "{}",
+        launcher.describe()
+    );
+    let pid: i32 = launcher.wait_value("the daemon's pid file", || {
+        fs::read_to_string(sb.pid_file()).ok()?.trim().parse().ok()
+    });
+    let worker = launcher.wait_current(1);
+    fs::rename(&log, sb.path("start_server.log.1")).expect("rename");
+    send_signal(pid, Signal::SIGUSR1);
+    launcher.wait_for("the reopen line in a new log file", || {
+        read_lossy(&log).contains("received USR1, reopened log file")
+    });
+    assert!(pid_alive(pid) && pid_alive(worker.pid));
+    let stop = launcher
+        .client([
+            "--stop".to_string(),
+            format!("--pid-file={}", sb.pid_file().display()),
+        ])
+        .finish(TIMEOUT);
+    stop.assert_success();
+    assert!(read_lossy(&log).ends_with("exiting\n"));
+    assert_eq!(sb.signal_names_of(worker.pid), ["TERM"]);
 }
