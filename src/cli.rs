@@ -425,7 +425,8 @@ Options:
   --signal-on-term=SIG        signal for programs on SIGTERM (default: TERM)
   --pid-file=FILE             write our pid to FILE and lock it
   --status-file=FILE          keep GENERATION:PID lines of live programs
-  --log-file=FILE             append stdout and stderr to FILE
+  --log-file=FILE             append stdout and stderr to FILE; SIGUSR1
+                              reopens it (for logrotate)
   --log-file=\"| CMD\"          pipe stdout and stderr to CMD
   --daemonize                 run in the background (needs --log-file)
   --envdir=DIR                directory of environment variables, re-read
