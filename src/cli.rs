@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use crate::listen::ListenSpec;
+use crate::settings::Seconds;
 use crate::signals::SignalName;
 
 /// What start_server was asked to do.
@@ -49,6 +50,12 @@ pub struct Config {
     pub log_file: Option<OsString>,
     pub daemonize: bool,
     pub backlog: i32,
+    /// `--signal-timeout`: SIGKILL a signalled worker still alive this long
+    /// after its signal; `None` (0) = never, as the reference.
+    pub signal_timeout: Option<Seconds>,
+    /// `--max-retry-interval`: the cap of the backoff between failed
+    /// starts; `None` (0) = one attempt per interval, as the reference.
+    pub max_retry_interval: Option<Seconds>,
     /// Environment variables the options export (`ENVDIR`, ...), in order.
     pub exports: Vec<(&'static str, OsString)>,
     pub program: Vec<OsString>,
@@ -83,6 +90,17 @@ const OPTIONS: &[(&str, Kind)] = &[
     ("stop", Kind::Flag),
     ("help", Kind::Flag),
     ("version", Kind::Flag),
+];
+
+/// Our own options, which the reference does not have (COMPATIBILITY.md,
+/// "Extensions"). Each is off by default, and each is matched by its full
+/// name only (in any case): none takes part in resolving an abbreviation,
+/// so an abbreviation that works with the reference keeps its meaning
+/// (`--sig` stays ambiguous) and a prefix of one of these is an unknown
+/// option.
+const EXTENSIONS: &[(&str, Kind)] = &[
+    ("signal-timeout", Kind::Int),
+    ("max-retry-interval", Kind::Int),
 ];
 
 /// The raw result of option parsing: every option as given, last one wins
@@ -211,13 +229,15 @@ fn split_option(arg: &OsStr, posix: bool) -> Option<(String, Option<OsString>)> 
 }
 
 /// Looks an option up, case-insensitively (Getopt::Long's `ignore_case`),
-/// by exact name or, outside POSIX mode, by unique prefix.
+/// by exact name or, outside POSIX mode, by unique prefix of one of the
+/// reference's options; [`EXTENSIONS`] by exact name only.
 fn find_option(typed: &str, posix: bool) -> Result<(&'static str, Kind), String> {
     if typed.is_empty() {
         return Err("Missing option after +".to_string());
     }
     let lower = typed.to_ascii_lowercase();
-    if let Some(&(name, kind)) = OPTIONS.iter().find(|(n, _)| *n == lower) {
+    let exact = OPTIONS.iter().chain(EXTENSIONS).find(|(n, _)| *n == lower);
+    if let Some(&(name, kind)) = exact {
         return Ok((name, kind));
     }
     if posix {
@@ -367,6 +387,20 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         None => libc::SOMAXCONN,
     };
 
+    // Extensions: 0 is off.
+    let extension = |name: &str| -> Result<Option<Seconds>> {
+        let Some(text) = parsed.text(name)? else {
+            return Ok(None);
+        };
+        let value = parse_seconds(name, text)?;
+        Ok((!value.is_zero()).then(|| Seconds {
+            text: text.to_string(),
+            value: value.as_secs_f64(),
+        }))
+    };
+    let signal_timeout = extension("signal-timeout")?;
+    let max_retry_interval = extension("max-retry-interval")?;
+
     // These four are read back from the environment at every turn of the
     // supervisor loop, so that an envdir can change them (SPEC 1).
     let mut exports = Vec::new();
@@ -397,6 +431,8 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         log_file,
         daemonize,
         backlog,
+        signal_timeout,
+        max_retry_interval,
         exports,
         program: parsed.args,
     })))
@@ -441,6 +477,14 @@ Options:
   --stop                      stop a running start_server and wait
   --help                      print this help
   --version                   print the version
+
+Extensions (not in the Perl version; off by default; full names only):
+  --signal-timeout=SECS       SIGKILL an old worker after a restart, or any
+                              worker at shutdown, still running SECS after
+                              its signal (default: 0, never)
+  --max-retry-interval=SECS   space consecutive failed starts interval x
+                              2^(k-1) apart, at most SECS; a HUP retries at
+                              once (default: 0, one attempt per interval)
 ";
 
 #[cfg(test)]
@@ -480,6 +524,72 @@ mod tests {
             e,
             "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
         );
+    }
+
+    #[test]
+    fn extensions_are_matched_by_their_full_name_only() {
+        let p = opts("--signal-timeout=5 --MAX-RETRY-INTERVAL 0.5 app").unwrap();
+        assert_eq!(p.last("signal-timeout"), Some(OsStr::new("5")));
+        assert_eq!(p.last("max-retry-interval"), Some(OsStr::new("0.5")));
+        let p = parse_options(words("--signal-timeout=1 app"), true).unwrap();
+        assert_eq!(p.last("signal-timeout"), Some(OsStr::new("1")));
+        // They take no part in abbreviations: the reference's meanings stay.
+        assert_eq!(
+            opts("--sig=TERM app").unwrap_err().to_string(),
+            "Option sig is ambiguous (signal-on-hup, signal-on-term)"
+        );
+        assert_eq!(
+            opts("--s app").unwrap_err().to_string(),
+            "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
+        );
+        assert!(opts("--re app").unwrap().flag("restart"));
+        // A prefix of an extension is unknown, as any unknown option.
+        for (typed, name) in [
+            ("--signal-t=5", "signal-t"),
+            ("--signal-timeou 5", "signal-timeou"),
+            ("--max-retry=1", "max-retry"),
+            ("--max", "max"),
+            ("--m=1", "m"),
+        ] {
+            assert_eq!(
+                opts(&format!("{typed} app")).unwrap_err().to_string(),
+                format!("Unknown option: {name}"),
+                "{typed}"
+            );
+        }
+    }
+
+    #[test]
+    fn extension_values() {
+        let start = |s: &str| match parse(words(s), false) {
+            Ok(Mode::Start(c)) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        let c = start("app");
+        assert!(c.signal_timeout.is_none() && c.max_retry_interval.is_none());
+        let c = start("--signal-timeout=0 --max-retry-interval=0 app");
+        assert!(c.signal_timeout.is_none() && c.max_retry_interval.is_none());
+        let c = start("--signal-timeout=0.5 --max-retry-interval=1_0 app");
+        let timeout = c.signal_timeout.unwrap();
+        assert_eq!((timeout.text.as_str(), timeout.value), ("0.5", 0.5));
+        assert_eq!(c.max_retry_interval.unwrap().text, "10");
+        for (args, message) in [
+            (
+                "--signal-timeout=-1 app",
+                "invalid --signal-timeout value \"-1\": must be a number of seconds, 0 or more",
+            ),
+            (
+                "--signal-timeout=abc app",
+                "Value \"abc\" invalid for option signal-timeout (number expected)",
+            ),
+            (
+                "--max-retry-interval=-0.5 app",
+                "invalid --max-retry-interval value \"-0.5\": must be a number of seconds, 0 or \
+                 more",
+            ),
+        ] {
+            assert_eq!(parse(words(args), false).unwrap_err().to_string(), message);
+        }
     }
 
     #[test]

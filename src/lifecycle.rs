@@ -16,7 +16,7 @@
 
 use std::time::Duration;
 
-use crate::settings::Settings;
+use crate::settings::{Seconds, Settings};
 
 /// Monotonic time since the supervisor started.
 pub type Time = Duration;
@@ -60,6 +60,13 @@ pub struct Config {
     pub signal_on_term: Sig,
     /// SIGTERM itself: sent to every worker on SIGINT.
     pub term: Sig,
+    /// SIGKILL: sent to a worker still alive `signal_timeout` after its
+    /// signal.
+    pub kill: Sig,
+    /// `--signal-timeout`; `None`: never (the reference's behaviour).
+    pub signal_timeout: Option<Seconds>,
+    /// `--max-retry-interval`; `None`: no backoff (the reference's pacing).
+    pub max_retry_interval: Option<Seconds>,
 }
 
 /// The signals that end the supervisor.
@@ -158,8 +165,12 @@ enum Due {
     Spawn,
     Check,
     KillOld,
+    /// A signalled worker's `--signal-timeout` is over.
+    Escalate,
     Hup,
-    AutoRestart { forced: bool },
+    AutoRestart {
+        forced: bool,
+    },
 }
 
 /// The supervisor's state.
@@ -185,11 +196,31 @@ pub struct Lifecycle {
     hup_restart_at: Option<Time>,
     last_restart: Time,
     last_spawn: Option<Time>,
+    /// Consecutive failed starts (start checks failed, forks failed) of
+    /// the start in progress; with `--max-retry-interval` they space the
+    /// next attempt.
+    failed_starts: u32,
     /// TERM or INT was received: the workers still to exit.
     stopping: Option<Vec<Worker>>,
     /// The signal they were sent.
     stop_signal: Option<Sig>,
+    /// With `--signal-timeout`: the workers signalled (after a restart or
+    /// at shutdown) and not reaped yet, each with its first signal.
+    signalled: Vec<Signalled>,
     exited: bool,
+}
+
+/// A worker sent its retirement or shutdown signal, waited for until
+/// `--signal-timeout` after the first one: signalled again (a later
+/// restart re-sends the signal to every old worker, as the reference
+/// does), it keeps its first deadline.
+#[derive(Debug, Clone)]
+struct Signalled {
+    pid: i32,
+    at: Time,
+    signal: Sig,
+    /// SIGKILL was sent: nothing more to do but wait for its exit.
+    killed: bool,
 }
 
 impl Lifecycle {
@@ -212,8 +243,10 @@ impl Lifecycle {
             hup_restart_at: None,
             last_restart: now,
             last_spawn: None,
+            failed_starts: 0,
             stopping: None,
             stop_signal: None,
+            signalled: Vec::new(),
             exited: false,
         }
     }
@@ -288,7 +321,7 @@ impl Lifecycle {
         match event {
             Event::Tick => {}
             Event::Hup => self.on_hup(),
-            Event::Stop(stop) => self.on_stop(stop, &mut out),
+            Event::Stop(stop) => self.on_stop(stop, now, &mut out),
             Event::ChildExited { pid, status } => self.on_child_exit(pid, status, &mut out),
             Event::Spawned { pid, failure } => self.on_spawned(pid, failure, now, &mut out),
             Event::SpawnFailed { error } => self.on_spawn_failed(&error, now, &mut out),
@@ -305,11 +338,32 @@ impl Lifecycle {
         self.due().map(|(at, _)| at)
     }
 
-    /// The timing ladder: what is due next and when. Only one thing at a
-    /// time, in this order: the start in progress, the kill-old delay, a
-    /// HUP, the auto-restart.
+    /// What is due next and when: the earliest `--signal-timeout` of a
+    /// signalled worker, or the next rung of the ladder, whichever comes
+    /// first (the timeout on a tie).
     fn due(&self) -> Option<(Time, Due)> {
-        if self.stopping.is_some() || self.exited {
+        if self.exited {
+            return None;
+        }
+        let escalation = self.signal_timeout().and_then(|timeout| {
+            self.signalled
+                .iter()
+                .filter(|s| !s.killed)
+                .map(|s| s.at + timeout)
+                .min()
+                .map(|at| (at, Due::Escalate))
+        });
+        match (escalation, self.ladder()) {
+            (Some(e), Some(l)) if l.0 < e.0 => Some(l),
+            (e, l) => e.or(l),
+        }
+    }
+
+    /// The timing ladder: only one thing at a time, in this order: the
+    /// start in progress, the kill-old delay, a HUP, the auto-restart.
+    /// Nothing once TERM or INT came.
+    fn ladder(&self) -> Option<(Time, Due)> {
+        if self.stopping.is_some() {
             return None;
         }
         if let Some(start) = &self.start {
@@ -359,6 +413,7 @@ impl Lifecycle {
                 }
                 Due::Check => self.check(now, out),
                 Due::KillOld => self.kill_old_workers(now, out),
+                Due::Escalate => self.escalate(now, out),
                 Due::Hup => {
                     self.hup_pending = false;
                     let not_before = match self.hup_restart_at {
@@ -393,6 +448,25 @@ impl Lifecycle {
     fn on_hup(&mut self) {
         if self.stopping.is_some() {
             return;
+        }
+        if self.config.max_retry_interval.is_some() && self.failed_starts > 0 {
+            // Backoff: a HUP starts the count again, and one that comes
+            // while a failed start waits for its retry ends the wait (the
+            // operator deploying a fix must not wait for the cap), keeping
+            // the gaps every spawn keeps. The retry runs the new code: it
+            // answers the HUP.
+            self.failed_starts = 0;
+            let floor = self
+                .last_spawn
+                .map_or(Time::ZERO, |t| t + self.config.interval);
+            if let Some(Start {
+                phase: Phase::Waiting { not_before },
+                ..
+            }) = self.start.as_mut()
+            {
+                *not_before = floor;
+                return;
+            }
         }
         let spawn_to_come = matches!(
             &self.start,
@@ -431,7 +505,7 @@ impl Lifecycle {
             // Not asked for (shutdown began in between): it must go too.
             _ => {
                 let generation = self.generation;
-                self.adopt_while_stopping(Worker { pid, generation }, out);
+                self.adopt_while_stopping(Worker { pid, generation }, now, out);
                 return;
             }
         };
@@ -451,21 +525,39 @@ impl Lifecycle {
 
     fn on_spawn_failed(&mut self, error: &str, now: Time, out: &mut Vec<Action>) {
         log(out, format!("failed to start a new worker: {error}"));
+        let mut wait = RETRY_GAP.max(self.config.interval);
+        if let Some(backoff) = self.count_failed_start() {
+            wait = wait.max(backoff);
+            log_retry(out, wait, self.failed_starts);
+        }
         if let Some(start) = self.start.as_mut() {
             start.phase = Phase::Waiting {
-                not_before: now + RETRY_GAP.max(self.config.interval),
+                not_before: now + wait,
             };
         }
     }
 
+    /// Counts a failed start; with `--max-retry-interval`, returns how long
+    /// to wait before the next attempt: `interval x 2^(k-1)` after the k-th
+    /// failure in a row (from `RETRY_GAP` with `--interval=0`, so that it
+    /// still grows), at most the cap.
+    fn count_failed_start(&mut self) -> Option<Duration> {
+        self.failed_starts = self.failed_starts.saturating_add(1);
+        let cap = self.config.max_retry_interval.as_ref()?.duration();
+        let base = self.config.interval.max(RETRY_GAP);
+        let grown = 1u32
+            .checked_shl(self.failed_starts - 1)
+            .and_then(|factor| base.checked_mul(factor))
+            .unwrap_or(cap);
+        Some(grown.min(cap))
+    }
+
     /// A worker spawned after TERM or INT is signalled and waited for.
-    fn adopt_while_stopping(&mut self, worker: Worker, out: &mut Vec<Action>) {
-        if let (Some(remaining), Some(signal)) = (self.stopping.as_mut(), &self.stop_signal) {
+    fn adopt_while_stopping(&mut self, worker: Worker, now: Time, out: &mut Vec<Action>) {
+        if let (Some(remaining), Some(signal)) = (self.stopping.as_mut(), self.stop_signal.clone())
+        {
             remaining.push(worker);
-            out.push(Action::Kill {
-                pid: worker.pid,
-                signal: signal.clone(),
-            });
+            self.send(worker.pid, &signal, now, out);
         }
     }
 
@@ -487,9 +579,17 @@ impl Lifecycle {
                         attempt.worker.pid
                     ),
                 );
+                // The backoff is measured from this verdict (for a worker
+                // that failed its exec, from when its exit was seen), so
+                // that the logged delay is the time from this line on.
+                let mut not_before = now;
+                if let Some(backoff) = self.count_failed_start() {
+                    log_retry(out, backoff, self.failed_starts);
+                    not_before += backoff;
+                }
                 self.start = Some(Start {
                     reason: start.reason,
-                    phase: Phase::Waiting { not_before: now },
+                    phase: Phase::Waiting { not_before },
                 });
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
@@ -498,6 +598,7 @@ impl Lifecycle {
 
     /// The new generation passed its start check.
     fn finish_start(&mut self, worker: Worker, reason: Reason, now: Time, out: &mut Vec<Action>) {
+        self.failed_starts = 0;
         self.current = Some(worker);
         self.last_restart = now;
         self.write_status(out);
@@ -530,10 +631,61 @@ impl Lifecycle {
         self.kill_at = None;
         self.killed_at = Some(now);
         log(out, "killing old workers".to_string());
-        for w in &self.old {
+        let signal = self.config.signal_on_hup.clone();
+        for pid in self.old.iter().map(|w| w.pid).collect::<Vec<_>>() {
+            self.send(pid, &signal, now, out);
+        }
+    }
+
+    /// Sends a worker its retirement or shutdown signal; with
+    /// `--signal-timeout`, the first one starts its deadline.
+    fn send(&mut self, pid: i32, signal: &Sig, now: Time, out: &mut Vec<Action>) {
+        out.push(Action::Kill {
+            pid,
+            signal: signal.clone(),
+        });
+        if self.config.signal_timeout.is_some() && self.signalled.iter().all(|s| s.pid != pid) {
+            self.signalled.push(Signalled {
+                pid,
+                at: now,
+                signal: signal.clone(),
+                killed: false,
+            });
+        }
+    }
+
+    fn signal_timeout(&self) -> Option<Duration> {
+        self.config.signal_timeout.as_ref().map(Seconds::duration)
+    }
+
+    /// SIGKILL to every signalled worker whose `--signal-timeout` is over.
+    fn escalate(&mut self, now: Time, out: &mut Vec<Action>) {
+        let (Some(timeout), Some(text)) = (
+            self.signal_timeout(),
+            self.config.signal_timeout.as_ref().map(|s| s.text.clone()),
+        ) else {
+            return;
+        };
+        let kind = if self.stopping.is_some() {
+            "worker"
+        } else {
+            "old worker"
+        };
+        for s in &mut self.signalled {
+            if s.killed || s.at + timeout > now {
+                continue;
+            }
+            s.killed = true;
+            log(
+                out,
+                format!(
+                    "{kind} {} still running {text} secs after {}, sending {}",
+                    s.pid, s.signal.name, self.config.kill.name
+                ),
+            );
             out.push(Action::Kill {
-                pid: w.pid,
-                signal: self.config.signal_on_hup.clone(),
+                pid: s.pid,
+                signal: self.config.kill.clone(),
             });
         }
     }
@@ -550,6 +702,8 @@ impl Lifecycle {
     }
 
     fn on_child_exit(&mut self, pid: i32, status: i32, out: &mut Vec<Action>) {
+        // Reaped: its pid may be reused, so nothing more may go to it.
+        self.signalled.retain(|s| s.pid != pid);
         if let Some(remaining) = self.stopping.as_mut() {
             if let Some(i) = remaining.iter().position(|w| w.pid == pid) {
                 remaining.remove(i);
@@ -595,7 +749,7 @@ impl Lifecycle {
     }
 
     /// SIGTERM or SIGINT: signal every worker; exit once all are gone.
-    fn on_stop(&mut self, stop: Stop, out: &mut Vec<Action>) {
+    fn on_stop(&mut self, stop: Stop, now: Time, out: &mut Vec<Action>) {
         if self.stopping.is_some() {
             return;
         }
@@ -628,10 +782,7 @@ impl Lifecycle {
             ),
         );
         for w in &remaining {
-            out.push(Action::Kill {
-                pid: w.pid,
-                signal: signal.clone(),
-            });
+            self.send(w.pid, &signal, now, out);
         }
         self.stopping = Some(remaining);
         self.stop_signal = Some(signal);
@@ -653,6 +804,18 @@ impl Lifecycle {
 
 fn log(out: &mut Vec<Action>, line: String) {
     out.push(Action::Log(line));
+}
+
+/// `retrying in N secs (K failed starts in a row)`, N in seconds to the
+/// millisecond, without trailing zeros.
+fn log_retry(out: &mut Vec<Action>, wait: Duration, failed: u32) {
+    let millis = format!("{:.3}", wait.as_secs_f64());
+    let secs = millis.trim_end_matches('0').trim_end_matches('.');
+    let starts = if failed == 1 { "start" } else { "starts" };
+    log(
+        out,
+        format!("retrying in {secs} secs ({failed} failed {starts} in a row)"),
+    );
 }
 
 fn join_pids(workers: &[Worker]) -> String {
@@ -682,6 +845,9 @@ mod tests {
             signal_on_hup: sig(15, "TERM"),
             signal_on_term: sig(15, "TERM"),
             term: sig(15, "TERM"),
+            kill: sig(9, "KILL"),
+            signal_timeout: None,
+            max_retry_interval: None,
         };
         let settings = Settings {
             auto_restart: None,

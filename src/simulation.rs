@@ -37,13 +37,15 @@
 //!   exited after TERM/INT, `Exit` has come.
 //! - "HUP burst": a HUP is served by the first spawn after it (in event
 //!   order). For the HUPs fed within any window `[t, t + W)`, with
-//!   `W = max(--interval, HUP_GAP)`, at most 3 distinct spawns that were
+//!   `W = max(--interval, RETRY_GAP)`, at most 3 distinct spawns that were
 //!   started by a HUP (a `received HUP` line since the previous spawn) serve
 //!   them. Retries (after a failed start, a crash or a failed fork) and
 //!   auto-restarts are not counted: they are spawns the HUPs did not ask
-//!   for. (Every two spawns are at least `--interval` apart, and two
-//!   HUP-started ones at least `HUP_GAP`, so a third such spawn is at least
-//!   `W` after the first: at most 3.)
+//!   for. (Every two spawns are at least `W` apart, and each serving spawn
+//!   but the last comes before the window ends, so in fact at most 2.) How
+//!   much better than that a storm coalesces (HUPs that come while a
+//!   restart is under way wait for `HUP_GAP`) is pinned by the named
+//!   timelines below.
 //! - "no HUP lost": once the core is quiet at the end, every HUP not
 //!   followed by TERM/INT has a spawn after it.
 //! - "status file": every `WriteStatus` carries exactly `status_entries()`
@@ -55,6 +57,23 @@
 //! - "spawn last": `Spawn` is the last action of its step.
 //! - "no busy loop": after a turn's tick at `now`, `next_deadline()` is
 //!   `None` or later than `now`.
+//! - "signal timeout" (`--signal-timeout`): a KILL goes only to a worker
+//!   first signalled (after a restart, or at shutdown) at least the
+//!   timeout ago, once, right after its `still running` line, and never
+//!   without the option; after every turn no signalled worker is alive
+//!   past the timeout without a KILL; once quiet (before and after
+//!   TERM/INT, the workers ignoring their signal) every signalled worker
+//!   left was sent KILL.
+//! - "backoff" (`--max-retry-interval`): each failed start (a failed
+//!   start check, a failed fork) is followed by `retrying in N secs (K
+//!   failed starts in a row)`, and only with the option; K counts the
+//!   failures since the last success or HUP; N never exceeds the cap (a
+//!   failed fork's usual delay, if longer) and never shrinks, except to the
+//!   cap, before a success or a HUP; the start then waits exactly N from
+//!   that line and the next spawn comes no sooner (so the gap from a
+//!   failure's verdict to the next attempt is at most the cap plus the
+//!   retry gap); a HUP during the wait makes the retry due at once (no
+//!   sooner than the spawn gap allows).
 //! - "log lines": every line is one of SPEC section 4's.
 //! - "no panic": the core never panics.
 //!
@@ -70,7 +89,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lifecycle::{
-    Action, Config, Event, HUP_GAP, Lifecycle, Phase, RETRY_GAP, Sig, Stop, Time, Worker,
+    Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Sig, Stop, Time, Worker,
 };
 use crate::settings::{Seconds, Settings, perl_number};
 
@@ -101,6 +120,12 @@ const LOG_LINES: &[&str] = &[
     "worker {} died, status:{}",
     "exiting",
     EXEC_FAILURE,
+    // With --signal-timeout.
+    "old worker {} still running {} secs after {}, sending KILL",
+    "worker {} still running {} secs after {}, sending KILL",
+    // With --max-retry-interval.
+    "retrying in {} secs (1 failed start in a row)",
+    "retrying in {} secs ({} failed starts in a row)",
 ];
 
 // ---------------------------------------------------------------- cases
@@ -113,6 +138,10 @@ struct Setup {
     on_term: i32,
     auto_restart: Option<&'static str>,
     kill_old_delay: &'static str,
+    /// `--signal-timeout`, if given.
+    signal_timeout: Option<&'static str>,
+    /// `--max-retry-interval`, if given.
+    max_retry: Option<&'static str>,
     /// How the case ends if it did not stop by itself.
     final_stop: Stop,
 }
@@ -125,6 +154,8 @@ impl Setup {
             on_term: 15,
             auto_restart: None,
             kill_old_delay: "0",
+            signal_timeout: None,
+            max_retry: None,
             final_stop: Stop::Term,
         }
     }
@@ -231,6 +262,8 @@ fn generate(seed: u64) -> Case {
         on_term: rng.pick(&[15, 15, 3]),
         auto_restart: rng.pick(AUTO_RESTART),
         kill_old_delay: rng.pick(KILL_OLD_DELAY),
+        signal_timeout: rng.pick(&[None, None, Some("0.3"), Some("1"), Some("3")]),
+        max_retry: rng.pick(&[None, None, Some("0.05"), Some("0.5"), Some("2"), Some("10")]),
         final_stop: rng.pick(&[Stop::Term, Stop::Int]),
     };
     let len = 1 + rng.below(200);
@@ -335,6 +368,10 @@ fn ms(n: u64) -> Time {
 struct Process {
     generation: u64,
     signals: Vec<i32>,
+    /// When it was first sent a signal other than KILL.
+    signalled_at: Option<Time>,
+    /// It was sent KILL.
+    killed: bool,
     /// It exited; the shell has yet to reap it.
     exited: bool,
 }
@@ -388,6 +425,22 @@ struct World {
     seen_failure: bool,
     /// The last "new worker is now running": when, and the kill-old delay.
     running: Option<(Time, Duration)>,
+    /// `--signal-timeout`.
+    signal_timeout: Option<Duration>,
+    /// `--max-retry-interval`.
+    max_retry: Option<Duration>,
+    /// The newest generation the status file listed.
+    listed: u64,
+    /// Failed starts in a row, since the last success or HUP.
+    failed_in_row: u32,
+    /// The wait announced after the previous one of them.
+    last_wait: Option<Duration>,
+    /// The last failed start awaiting its retry: when, and the wait
+    /// announced (until the next spawn, or a HUP).
+    retry: Option<(Time, Duration)>,
+    /// The step of a HUP that came while a failed start awaited its retry
+    /// (this turn).
+    hup_in_backoff: Option<usize>,
     /// The timeline, when recording.
     trace: Option<Vec<String>>,
     /// Every action with its time, when recording.
@@ -401,6 +454,9 @@ impl World {
             signal_on_hup: sig(setup.on_hup),
             signal_on_term: sig(setup.on_term),
             term: sig(15),
+            kill: sig(9),
+            signal_timeout: setup.signal_timeout.map(seconds),
+            max_retry_interval: setup.max_retry.map(seconds),
         };
         let settings = settings(setup.auto_restart, setup.kill_old_delay);
         World {
@@ -422,6 +478,13 @@ impl World {
             seen_auto: false,
             seen_failure: false,
             running: None,
+            signal_timeout: setup.signal_timeout.map(|t| seconds(t).duration()),
+            max_retry: setup.max_retry.map(|t| seconds(t).duration()),
+            listed: 0,
+            failed_in_row: 0,
+            last_wait: None,
+            retry: None,
+            hup_in_backoff: None,
             trace: record.then(Vec::new),
             actions: Vec::new(),
         }
@@ -584,6 +647,49 @@ impl World {
                 self.now
             );
         }
+        self.check_signal_timeouts()?;
+        self.check_hup_in_backoff()
+    }
+
+    /// After a turn, no worker is alive past its `--signal-timeout`
+    /// without a KILL: everything due was done.
+    fn check_signal_timeouts(&self) -> Checked {
+        let Some(timeout) = self.signal_timeout else {
+            return Ok(());
+        };
+        for (pid, p) in self.live() {
+            if let (Some(at), false) = (p.signalled_at, p.killed) {
+                ensure!(
+                    at + timeout > self.now,
+                    "signal timeout",
+                    "worker {pid}, signalled at {at:?}, alive at {:?} without a KILL",
+                    self.now
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After the turn of a HUP that came during a backoff wait, the retry
+    /// was spawned, or is due as soon as the spawn gaps allow.
+    fn check_hup_in_backoff(&mut self) -> Checked {
+        let Some(hup) = self.hup_in_backoff.take() else {
+            return Ok(());
+        };
+        if self.spawns.last().is_some_and(|s| s.step > hup) {
+            return Ok(());
+        }
+        let floor = self
+            .spawns
+            .last()
+            .map_or(Time::ZERO, |s| s.at + RETRY_GAP.max(self.interval));
+        let due = self.core.next_deadline();
+        ensure!(
+            due.is_some_and(|at| at <= floor.max(self.now)),
+            "backoff",
+            "a HUP during a backoff wait at {:?}, and the retry is due at {due:?}",
+            self.now
+        );
         Ok(())
     }
 
@@ -603,6 +709,13 @@ impl World {
             Event::Hup if self.stopped.is_none() => self.hups.push((step, self.now)),
             _ => {}
         }
+        if event == Event::Hup {
+            // A HUP starts the count of failed starts again.
+            if self.max_retry.is_some() && self.retry.is_some() && self.stopped.is_none() {
+                self.hup_in_backoff = Some(step);
+            }
+            (self.failed_in_row, self.last_wait, self.retry) = (0, None, None);
+        }
         let actions = self.core.step(event.clone(), self.now);
         if self.recording() {
             for a in &actions {
@@ -615,8 +728,14 @@ impl World {
         for action in actions {
             match action {
                 Action::Kill { pid, signal } => {
+                    let now = self.now;
                     if let Some(p) = self.processes.get_mut(&pid) {
                         p.signals.push(signal.number);
+                        if signal.number == 9 {
+                            p.killed = true;
+                        } else {
+                            p.signalled_at.get_or_insert(now);
+                        }
                     }
                 }
                 Action::Spawn { generation } => {
@@ -645,6 +764,8 @@ impl World {
             Process {
                 generation,
                 signals: Vec::new(),
+                signalled_at: None,
+                killed: false,
                 exited: false,
             },
         );
@@ -679,8 +800,30 @@ impl World {
         for (i, action) in actions.iter().enumerate() {
             let last = i + 1 == actions.len();
             match action {
-                Action::Log(line) => self.check_line(line)?,
+                Action::Log(line) => {
+                    self.check_line(line)?;
+                    if is_failed_start(line) {
+                        self.check_retry(line, actions.get(i + 1))?;
+                    } else if line.starts_with("retrying in ") {
+                        let after_failure = i > 0
+                            && matches!(&actions[i - 1], Action::Log(l) if is_failed_start(l));
+                        ensure!(
+                            after_failure,
+                            "backoff",
+                            "{line:?} not right after a failed start: {actions:?}"
+                        );
+                    }
+                }
                 Action::Spawn { generation } => {
+                    if let Some((failed_at, wait)) = self.retry.take() {
+                        ensure!(
+                            self.now >= failed_at + wait,
+                            "backoff",
+                            "retried at {:?}, the start that failed at {failed_at:?} was to \
+                             wait {wait:?}",
+                            self.now
+                        );
+                    }
                     ensure!(last, "spawn last", "{actions:?}");
                     ensure!(
                         self.stopped.is_none(),
@@ -725,6 +868,10 @@ impl World {
                         "spawned pids are tracked",
                         "kill {pid}, which is not a worker or was reaped"
                     );
+                    if *signal == self.core.config().kill {
+                        self.check_escalation(*pid, actions, i)?;
+                        continue;
+                    }
                     if let Some(stop_signal) = &stop_signal {
                         ensure!(
                             signal == stop_signal,
@@ -755,6 +902,14 @@ impl World {
                             "{generation}:{pid} was not spawned as such"
                         );
                     }
+                    // A generation listed for the first time passed its
+                    // start check.
+                    if let Some((generation, _)) = entries.last() {
+                        if *generation > self.listed {
+                            self.listed = *generation;
+                            (self.failed_in_row, self.last_wait) = (0, None);
+                        }
+                    }
                 }
                 Action::Exit => {
                     ensure!(
@@ -775,6 +930,19 @@ impl World {
                     );
                 }
             }
+        }
+        let stopping = self.core.stopping().is_some();
+        if let Some((failed_at, wait)) = self.retry.filter(|(at, _)| *at == self.now && !stopping) {
+            let not_before = match self.core.start().map(|s| &s.phase) {
+                Some(Phase::Waiting { not_before }) => Some(*not_before),
+                _ => None,
+            };
+            ensure!(
+                not_before == Some(failed_at + wait),
+                "backoff",
+                "announced a wait of {wait:?} at {failed_at:?}, the start waits until \
+                 {not_before:?}"
+            );
         }
         let exited_now = actions.contains(&Action::Exit);
         ensure!(
@@ -846,6 +1014,95 @@ impl World {
             "kill {pid} at {:?}, the new worker ran at {at:?} with a delay of {delay:?}",
             self.now
         );
+        Ok(())
+    }
+
+    /// A KILL: only with `--signal-timeout`, once per worker, to a worker
+    /// first signalled at least the timeout ago, right after its line.
+    fn check_escalation(&self, pid: i32, actions: &[Action], i: usize) -> Checked {
+        let rule = "signal timeout";
+        let Some(timeout) = self.signal_timeout else {
+            return Err(Failure {
+                rule,
+                detail: format!("KILL {pid} without --signal-timeout"),
+            });
+        };
+        let p = &self.processes[&pid];
+        ensure!(!p.killed, rule, "KILL {pid} twice");
+        ensure!(
+            p.signalled_at.is_some_and(|at| at + timeout <= self.now),
+            rule,
+            "KILL {pid} at {:?}, first signalled at {:?}, timeout {timeout:?}",
+            self.now,
+            p.signalled_at
+        );
+        let line = i.checked_sub(1).map(|j| &actions[j]);
+        ensure!(
+            matches!(line, Some(Action::Log(l))
+                if l.contains(&format!("worker {pid} still running ")) && l.ends_with("KILL")),
+            rule,
+            "KILL {pid} not right after its line: {actions:?}"
+        );
+        Ok(())
+    }
+
+    /// A failed start: with `--max-retry-interval` the next line announces
+    /// the wait, which counts the failures in a row, never exceeds the cap
+    /// (or a failed fork's usual delay) and never shrinks, except to the
+    /// cap, until a success or a HUP; without it, no such line.
+    fn check_retry(&mut self, line: &str, next: Option<&Action>) -> Checked {
+        let rule = "backoff";
+        self.failed_in_row += 1;
+        let next = match next {
+            Some(Action::Log(l)) if l.starts_with("retrying in ") => Some(l.as_str()),
+            _ => None,
+        };
+        let Some(cap) = self.max_retry else {
+            ensure!(
+                next.is_none(),
+                rule,
+                "{next:?} without --max-retry-interval"
+            );
+            return Ok(());
+        };
+        let announced = next.and_then(|l| {
+            let rest = l.strip_prefix("retrying in ")?;
+            let (secs, rest) = rest.split_once(" secs (")?;
+            let count = rest.split_once(' ')?.0.parse::<u32>().ok()?;
+            let millis = secs.parse::<f64>().ok()?.mul_add(1000.0, 0.5) as u64;
+            Some((Duration::from_millis(millis), count))
+        });
+        let Some((wait, count)) = announced else {
+            return Err(Failure {
+                rule,
+                detail: format!("{line:?} followed by {next:?}"),
+            });
+        };
+        ensure!(
+            count == self.failed_in_row,
+            rule,
+            "{next:?} after {} failed starts in a row",
+            self.failed_in_row
+        );
+        let fork_delay = if line.starts_with("failed to start") {
+            RETRY_GAP.max(self.interval)
+        } else {
+            Duration::ZERO
+        };
+        ensure!(
+            wait <= cap.max(fork_delay),
+            rule,
+            "a wait of {wait:?} with a cap of {cap:?}"
+        );
+        if let Some(previous) = self.last_wait {
+            ensure!(
+                wait >= previous.min(cap),
+                rule,
+                "a wait of {wait:?} after one of {previous:?}"
+            );
+        }
+        self.last_wait = Some(wait);
+        self.retry = Some((self.now, wait));
         Ok(())
     }
 
@@ -947,6 +1204,27 @@ impl World {
             self.stop(final_stop);
             self.turn()?;
         }
+        if self.signal_timeout.is_some() {
+            // The workers ignore the signal: the shutdown still ends.
+            let mut turns = 0;
+            while let Some(at) = self.core.next_deadline() {
+                self.set_clock(at);
+                self.turn()?;
+                turns += 1;
+                ensure!(
+                    turns < 1000,
+                    "no busy loop",
+                    "the shutdown never gets quiet"
+                );
+            }
+            for (pid, p) in self.live() {
+                ensure!(
+                    p.killed,
+                    "signal timeout",
+                    "quiet after TERM/INT, and worker {pid} was never sent KILL"
+                );
+            }
+        }
         let left: Vec<(i32, i32)> = self
             .live()
             .map(|(pid, p)| (*pid, p.signals.last().copied().unwrap_or(9)))
@@ -970,6 +1248,16 @@ impl World {
             "one current generation",
             "quiet with no current worker"
         );
+        if self.signal_timeout.is_some() {
+            for (pid, p) in self.live() {
+                ensure!(
+                    p.signalled_at.is_none() || p.killed,
+                    "signal timeout",
+                    "quiet, and worker {pid}, signalled at {:?}, was never sent KILL",
+                    p.signalled_at
+                );
+            }
+        }
         let on_hup = core.config().signal_on_hup.number;
         for w in core.old_workers() {
             let signalled = self.processes[&w.pid].signals.contains(&on_hup);
@@ -992,7 +1280,7 @@ impl World {
     }
 
     fn check_hup_bursts(&self) -> Checked {
-        let window = self.interval.max(HUP_GAP);
+        let window = self.interval.max(RETRY_GAP);
         let served = |hup_step: usize| {
             let i = self.spawns.partition_point(|s| s.step < hup_step);
             self.spawns
@@ -1016,6 +1304,11 @@ impl World {
         }
         Ok(())
     }
+}
+
+/// The first line of a failed start (not of a crash).
+fn is_failed_start(line: &str) -> bool {
+    line.contains("seems to have failed") || line.starts_with("failed to start a new worker")
 }
 
 /// The worker in its start check that has not exited.
@@ -1210,6 +1503,14 @@ fn simpler_setups(setup: &Setup) -> Vec<Setup> {
     });
     push(Setup {
         kill_old_delay: "0",
+        ..setup.clone()
+    });
+    push(Setup {
+        signal_timeout: None,
+        ..setup.clone()
+    });
+    push(Setup {
+        max_retry: None,
         ..setup.clone()
     });
     for interval_ms in [0, 100, 1000]
@@ -1441,7 +1742,7 @@ fn hup_storm_at_interval_zero_is_two_restarts_a_retry_gap_apart() {
 
 /// A storm of a second at `--interval=0`, old workers taking a
 /// millisecond to exit: each HUP restart is still under way when the next
-/// HUP comes, so the follow-ups keep [`HUP_GAP`] between their spawns, and
+/// HUP comes, so the follow-ups keep `HUP_GAP` between their spawns, and
 /// the last spawn still comes after the last HUP.
 #[test]
 fn a_second_long_storm_with_lingering_old_workers_is_paced_by_the_hup_gap() {
@@ -1606,4 +1907,238 @@ fn exec_failure_reported_after_fork_is_retried_after_the_retry_gap() {
             "2.100 WriteStatus [3:103]",
         ]
     );
+}
+
+/// `--signal-timeout=2`, workers that ignore TERM: the old worker of the
+/// first restart is killed 2 s after its TERM; signalled again by the next
+/// restart, it keeps that first deadline.
+#[test]
+fn an_old_worker_ignoring_term_is_killed_after_the_signal_timeout() {
+    let setup = Setup {
+        signal_timeout: Some("2"),
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    w.run_until(2000, false);
+    w.hup();
+    w.run_until(4000, false);
+    w.hup();
+    w.run_until(5000, false);
+    w.exit(101, 9);
+    w.run_until(8000, false);
+    w.exit(102, 9);
+    w.run_until(9000, false);
+    assert_eq!(
+        w.actions_from(2000),
+        [
+            "2.000 log: received HUP, spawning a new worker",
+            "2.000 Spawn gen 2",
+            "2.000 log: starting new worker 102",
+            "3.000 WriteStatus [1:101 2:102]",
+            "3.000 log: new worker is now running, sending TERM to old workers:101",
+            "3.000 log: killing old workers",
+            "3.000 Kill 101 TERM",
+            "4.000 log: received HUP, spawning a new worker",
+            "4.000 Spawn gen 3",
+            "4.000 log: starting new worker 103",
+            "5.000 log: old worker 101 still running 2 secs after TERM, sending KILL",
+            "5.000 Kill 101 KILL",
+            "5.000 WriteStatus [1:101 2:102 3:103]",
+            "5.000 log: new worker is now running, sending TERM to old workers:101,102",
+            "5.000 log: killing old workers",
+            "5.000 Kill 101 TERM",
+            "5.000 Kill 102 TERM",
+            "5.000 log: old worker 101 died, status:9",
+            "5.000 WriteStatus [2:102 3:103]",
+            "7.000 log: old worker 102 still running 2 secs after TERM, sending KILL",
+            "7.000 Kill 102 KILL",
+            "8.000 log: old worker 102 died, status:9",
+            "8.000 WriteStatus [3:103]",
+        ]
+    );
+    assert_eq!(w.core.next_deadline(), None);
+}
+
+/// `--signal-timeout=1.5`: a TERM at shutdown that the workers ignore ends
+/// with a KILL 1.5 s later, and start_server exits.
+#[test]
+fn shutdown_is_bounded_by_the_signal_timeout() {
+    let setup = Setup {
+        signal_timeout: Some("1.5"),
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    w.run_until(2000, false);
+    w.hup();
+    w.run_until(2500, false);
+    w.stop(Stop::Term);
+    w.run_until(2500, false);
+    assert_eq!(w.core.next_deadline(), Some(ms(4000)));
+    w.run_until(4000, false);
+    w.exit(101, 9);
+    w.exit(102, 9);
+    w.run_until(4000, false);
+    assert_eq!(
+        w.actions_from(2500),
+        [
+            "2.500 WriteStatus [1:101 2:102]",
+            "2.500 log: received TERM, sending TERM to all workers:101,102",
+            "2.500 Kill 101 TERM",
+            "2.500 Kill 102 TERM",
+            "4.000 log: worker 101 still running 1.5 secs after TERM, sending KILL",
+            "4.000 Kill 101 KILL",
+            "4.000 log: worker 102 still running 1.5 secs after TERM, sending KILL",
+            "4.000 Kill 102 KILL",
+            "4.000 log: worker 101 died, status:9",
+            "4.000 WriteStatus [2:102]",
+            "4.000 log: worker 102 died, status:9",
+            "4.000 WriteStatus []",
+            "4.000 log: exiting",
+            "4.000 Exit",
+        ]
+    );
+}
+
+/// Without `--signal-timeout` nothing is ever killed, and the idle loop
+/// has no deadline.
+#[test]
+fn without_a_signal_timeout_a_worker_ignoring_term_is_waited_for() {
+    let mut w = World::start(&Setup::plain(1000), &[]);
+    w.run_until(2000, false);
+    w.hup();
+    w.run_until(3000, false);
+    assert_eq!(w.core.next_deadline(), None);
+    w.stop(Stop::Term);
+    w.run_until(100_000, false);
+    assert_eq!(w.core.next_deadline(), None);
+    assert!(!w.core.exited());
+    assert!(w.processes.values().all(|p| !p.signals.contains(&9)));
+}
+
+/// A start that fails in a row, `--interval=1 --max-retry-interval=3`: the
+/// waits after the failures are 1, 2, then 3 (4 capped), each from the
+/// failed check; the fourth attempt succeeds.
+#[test]
+fn failed_starts_back_off_1_2_4_capped_at_3() {
+    let setup = Setup {
+        max_retry: Some("3"),
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    for spawned_at in [0, 2000, 5000] {
+        w.run_until(spawned_at + 500, false);
+        let pid = checking(&w.core).unwrap().pid;
+        w.exit(pid, 256);
+    }
+    w.run_until(12_000, false);
+    assert_eq!(w.spawn_times_ms(), [0, 2000, 5000, 9000]);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "1.000 log: new worker 101 seems to have failed to start, exit status:256",
+            "1.000 log: retrying in 1 secs (1 failed start in a row)",
+            "2.000 Spawn gen 2",
+            "2.000 log: starting new worker 102",
+            "3.000 log: new worker 102 seems to have failed to start, exit status:256",
+            "3.000 log: retrying in 2 secs (2 failed starts in a row)",
+            "5.000 Spawn gen 3",
+            "5.000 log: starting new worker 103",
+            "6.000 log: new worker 103 seems to have failed to start, exit status:256",
+            "6.000 log: retrying in 3 secs (3 failed starts in a row)",
+            "9.000 Spawn gen 4",
+            "9.000 log: starting new worker 104",
+            "10.000 WriteStatus [4:104]",
+        ]
+    );
+}
+
+/// A HUP during a backoff wait retries at once (the attempt runs the new
+/// code, so it answers the HUP), and the count starts again.
+#[test]
+fn a_hup_during_a_backoff_wait_retries_at_once() {
+    let setup = Setup {
+        max_retry: Some("30"),
+        ..Setup::plain(1000)
+    };
+    let mut w = World::start(&setup, &[]);
+    w.run_until(2000, true);
+    w.hup();
+    for spawned_at in [2000, 4000] {
+        w.run_until(spawned_at + 500, true);
+        let pid = checking(&w.core).unwrap().pid;
+        w.exit(pid, 256);
+    }
+    w.run_until(5500, true);
+    assert_eq!(w.core.next_deadline(), Some(ms(7000)));
+    w.hup();
+    w.turn_at(5500);
+    w.run_until(7000, true);
+    assert_eq!(w.spawn_times_ms(), [0, 2000, 4000, 5500]);
+    assert_eq!(
+        w.actions_from(3000),
+        [
+            "3.000 log: new worker 102 seems to have failed to start, exit status:256",
+            "3.000 log: retrying in 1 secs (1 failed start in a row)",
+            "4.000 Spawn gen 3",
+            "4.000 log: starting new worker 103",
+            "5.000 log: new worker 103 seems to have failed to start, exit status:256",
+            "5.000 log: retrying in 2 secs (2 failed starts in a row)",
+            "5.500 Spawn gen 4",
+            "5.500 log: starting new worker 104",
+            "6.500 WriteStatus [1:101 4:104]",
+            "6.500 log: new worker is now running, sending TERM to old workers:101",
+            "6.500 log: killing old workers",
+            "6.500 Kill 101 TERM",
+            "6.500 log: old worker 101 died, status:15",
+            "6.500 WriteStatus [4:104]",
+        ]
+    );
+}
+
+/// A timeline the random search found: HUPs at 0, 100, 250 and 350 ms at
+/// `--interval=0`, old workers exiting at various moments.
+#[test]
+fn hups_a_retry_gap_apart_at_interval_zero_keep_the_burst_bound() {
+    let case = Case {
+        setup: Setup {
+            interval_ms: 0,
+            on_hup: 15,
+            on_term: 15,
+            auto_restart: None,
+            kill_old_delay: "0",
+            signal_timeout: None,
+            max_retry: None,
+            final_stop: Stop::Term,
+        },
+        ops: vec![
+            Op::Hup,
+            Op::Advance {
+                ms: 100,
+                late: false,
+            },
+            Op::Hup,
+            Op::Exit {
+                who: Who::Signalled(243),
+                status: 0,
+            },
+            Op::Advance { ms: 0, late: false },
+            Op::ToDeadline,
+            Op::Exit {
+                who: Who::Any(164),
+                status: 0,
+            },
+            Op::Hup,
+            Op::Turn,
+            Op::ToDeadline,
+            Op::Hup,
+        ],
+        answers: vec![],
+    };
+    let (world, checked) = play(&case, true);
+    if let Err(failure) = checked {
+        panic!("{}", report(0, &case, &failure));
+    }
+    drop(world);
 }

@@ -170,6 +170,12 @@ impl Supervisor {
             signal_on_hup: sig(&config.signal_on_hup),
             signal_on_term: sig(&config.signal_on_term),
             term: sig(&SignalName::term()),
+            kill: Sig {
+                number: Signal::SIGKILL as i32,
+                name: "KILL".to_string(),
+            },
+            signal_timeout: config.signal_timeout.clone(),
+            max_retry_interval: config.max_retry_interval.clone(),
         };
         let settings = settings::read(&base_env);
         let mut supervisor = Supervisor {

@@ -413,6 +413,36 @@ fn bad_option_values_are_refused_before_anything_starts() {
                 ["\"later\"", "auto-restart-interval", "number expected"],
             )
         }),
+        case("signal-timeout: negative", Exits, |sb| {
+            prepared(
+                start(sb, &["--signal-timeout=-1".into()]),
+                ["\"-1\"", "--signal-timeout", "0 or more"],
+            )
+        }),
+        case("signal-timeout: a word", Exits, |sb| {
+            prepared(
+                start(sb, &["--signal-timeout=abc".into()]),
+                ["\"abc\"", "signal-timeout", "number expected"],
+            )
+        }),
+        case("signal-timeout: abbreviated", Exits, |sb| {
+            prepared(
+                start(sb, &["--signal-t=5".into()]),
+                ["signal-t", "Unknown option"],
+            )
+        }),
+        case("max-retry-interval: negative", Exits, |sb| {
+            prepared(
+                start(sb, &["--max-retry-interval=-0.5".into()]),
+                ["\"-0.5\"", "--max-retry-interval", "0 or more"],
+            )
+        }),
+        case("max-retry-interval: a word", Exits, |sb| {
+            prepared(
+                start(sb, &["--max-retry-interval".into(), "soon".into()]),
+                ["\"soon\"", "max-retry-interval", "number expected"],
+            )
+        }),
         case("signal-on-hup: unknown name", Exits, |sb| {
             prepared(
                 start(sb, &["--signal-on-hup=BOGUS".into()]),
@@ -430,6 +460,12 @@ fn bad_option_values_are_refused_before_anything_starts() {
         }),
         case("ambiguous abbreviation", Exits, |sb| {
             prepared(start(sb, &["--s=x".into()]), ["Option s ", "ambiguous"])
+        }),
+        case("ambiguous abbreviation next to an extension", Exits, |sb| {
+            prepared(
+                start(sb, &["--sig=TERM".into()]),
+                ["Option sig ", "ambiguous", "signal-on-hup, signal-on-term)"],
+            )
         }),
         case("value given to a flag", Exits, |sb| {
             prepared(

@@ -17,6 +17,7 @@ mod cli;
 mod client;
 mod daemonize;
 mod envdir;
+mod extensions;
 mod faults;
 mod file_safety;
 mod leaks;
