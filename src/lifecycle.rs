@@ -689,7 +689,9 @@ impl Lifecycle {
             return;
         };
         a.killed = true;
-        let (pid, waited) = (a.worker.pid, now.saturating_sub(a.started));
+        // The timeout as extended, not the moment the loop woke up at.
+        let deadline = a.deadline.unwrap_or(now);
+        let (pid, waited) = (a.worker.pid, deadline.saturating_sub(a.started));
         log(
             out,
             format!(
