@@ -56,6 +56,12 @@ pub struct Config {
     /// `--max-retry-interval`: the cap of the backoff between failed
     /// starts; `None` (0) = one attempt per interval, as the reference.
     pub max_retry_interval: Option<Seconds>,
+    /// `--notify-ready`: a generation is started when it sends `READY=1`
+    /// to the notify socket named in its `NOTIFY_SOCKET`.
+    pub notify_ready: bool,
+    /// `--notify-timeout`: how long `--notify-ready` waits for `READY=1`
+    /// before SIGKILL; `None` (0) = for ever. 90 by default.
+    pub notify_timeout: Option<Seconds>,
     /// Environment variables the options export (`ENVDIR`, ...), in order.
     pub exports: Vec<(&'static str, OsString)>,
     pub program: Vec<OsString>,
@@ -101,6 +107,8 @@ const OPTIONS: &[(&str, Kind)] = &[
 const EXTENSIONS: &[(&str, Kind)] = &[
     ("signal-timeout", Kind::Int),
     ("max-retry-interval", Kind::Int),
+    ("notify-ready", Kind::Flag),
+    ("notify-timeout", Kind::Int),
 ];
 
 /// The raw result of option parsing: every option as given, last one wins
@@ -400,6 +408,15 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
     };
     let signal_timeout = extension("signal-timeout")?;
     let max_retry_interval = extension("max-retry-interval")?;
+    let notify_ready = parsed.flag("notify-ready");
+    let notify_timeout = match parsed.text("notify-timeout")? {
+        Some(_) if !notify_ready => bail!("--notify-timeout needs --notify-ready"),
+        Some(_) => extension("notify-timeout")?,
+        None => Some(Seconds {
+            text: "90".to_string(),
+            value: 90.0,
+        }),
+    };
 
     // These four are read back from the environment at every turn of the
     // supervisor loop, so that an envdir can change them (SPEC 1).
@@ -433,6 +450,8 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         backlog,
         signal_timeout,
         max_retry_interval,
+        notify_ready,
+        notify_timeout,
         exports,
         program: parsed.args,
     })))
@@ -485,6 +504,13 @@ Extensions (not in the Perl version; off by default; full names only):
   --max-retry-interval=SECS   space consecutive failed starts interval x
                               2^(k-1) apart, at most SECS; a HUP retries at
                               once (default: 0, one attempt per interval)
+  --notify-ready              a new program counts as started when it sends
+                              READY=1 to $NOTIFY_SOCKET (sd_notify), not
+                              after --interval, which then only spaces
+                              attempts
+  --notify-timeout=SECS       with --notify-ready, SIGKILL a new program
+                              that sent no READY=1 within SECS; it may send
+                              EXTEND_TIMEOUT_USEC=N (default: 90; 0, never)
 ";
 
 #[cfg(test)]
@@ -573,6 +599,14 @@ mod tests {
         let timeout = c.signal_timeout.unwrap();
         assert_eq!((timeout.text.as_str(), timeout.value), ("0.5", 0.5));
         assert_eq!(c.max_retry_interval.unwrap().text, "10");
+        let c = start("app");
+        assert!(!c.notify_ready);
+        let c = start("--notify-ready app");
+        assert!(c.notify_ready && c.notify_timeout.unwrap().text == "90");
+        let c = start("--notify-ready --notify-timeout=0 app");
+        assert!(c.notify_timeout.is_none());
+        let c = start("--notify-ready --notify-timeout=0.5 app");
+        assert_eq!(c.notify_timeout.unwrap().value, 0.5);
         for (args, message) in [
             (
                 "--signal-timeout=-1 app",
@@ -581,6 +615,14 @@ mod tests {
             (
                 "--signal-timeout=abc app",
                 "Value \"abc\" invalid for option signal-timeout (number expected)",
+            ),
+            (
+                "--notify-ready --notify-timeout=-1 app",
+                "invalid --notify-timeout value \"-1\": must be a number of seconds, 0 or more",
+            ),
+            (
+                "--notify-timeout=5 app",
+                "--notify-timeout needs --notify-ready",
             ),
             (
                 "--max-retry-interval=-0.5 app",

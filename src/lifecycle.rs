@@ -67,6 +67,16 @@ pub struct Config {
     pub signal_timeout: Option<Seconds>,
     /// `--max-retry-interval`; `None`: no backoff (the reference's pacing).
     pub max_retry_interval: Option<Seconds>,
+    /// `--notify-ready`: a generation is started when it sends `READY=1`;
+    /// `--interval` then only spaces attempts.
+    pub readiness: Option<Readiness>,
+}
+
+/// How `--notify-ready` waits.
+#[derive(Debug, Clone)]
+pub struct Readiness {
+    /// `--notify-timeout`; `None`: wait for ever.
+    pub timeout: Option<Seconds>,
 }
 
 /// The signals that end the supervisor.
@@ -94,6 +104,11 @@ pub enum Event {
     SpawnFailed { error: String },
     /// The settings re-read from the environment and the envdir.
     Settings(Settings),
+    /// `READY=1` came on `generation`'s notify socket (`--notify-ready`).
+    Ready { generation: u64 },
+    /// `EXTEND_TIMEOUT_USEC` came on `generation`'s notify socket: its
+    /// readiness deadline moves to at least `by` from now.
+    Extend { generation: u64, by: Duration },
 }
 
 /// Something to do, returned by [`Lifecycle::step`] in order.
@@ -157,6 +172,14 @@ pub struct Attempt {
     /// Its chdir or exec failed: it is exiting, and the check waits for
     /// its exit whatever the interval.
     pub doomed: bool,
+    /// With `--notify-ready`: it sent `READY=1`.
+    pub ready: bool,
+    /// With `--notify-ready`: when it is killed if it has not sent
+    /// `READY=1`; `None`: never (`--notify-timeout=0`).
+    pub deadline: Option<Time>,
+    /// With `--notify-ready`: it was sent SIGKILL at its deadline; the
+    /// check waits for its exit.
+    pub killed: bool,
 }
 
 /// What [`Lifecycle::due`] found to be next.
@@ -164,6 +187,8 @@ pub struct Attempt {
 enum Due {
     Spawn,
     Check,
+    /// `--notify-timeout` is over for the attempt in its start check.
+    NotifyTimeout,
     KillOld,
     /// A signalled worker's `--signal-timeout` is over.
     Escalate,
@@ -314,9 +339,15 @@ impl Lifecycle {
         if self.exited {
             return out;
         }
+        // `READY=1` decides at once, so that the old workers are signalled
+        // within the step that saw it.
         let decide = matches!(
             event,
-            Event::Tick | Event::Spawned { .. } | Event::SpawnFailed { .. }
+            Event::Tick
+                | Event::Spawned { .. }
+                | Event::SpawnFailed { .. }
+                | Event::Ready { .. }
+                | Event::Extend { .. }
         );
         match event {
             Event::Tick => {}
@@ -326,6 +357,16 @@ impl Lifecycle {
             Event::Spawned { pid, failure } => self.on_spawned(pid, failure, now, &mut out),
             Event::SpawnFailed { error } => self.on_spawn_failed(&error, now, &mut out),
             Event::Settings(settings) => self.settings = settings,
+            Event::Ready { generation } => {
+                if let Some(a) = self.pending_attempt(generation) {
+                    a.ready = true;
+                }
+            }
+            Event::Extend { generation, by } => {
+                if let Some(a) = self.pending_attempt(generation) {
+                    a.deadline = a.deadline.map(|d| d.max(now + by));
+                }
+            }
         }
         if decide {
             self.advance(now, &mut out);
@@ -374,7 +415,14 @@ impl Lifecycle {
                 }
                 Phase::Spawning { .. } => None,
                 Phase::Checking(a) if a.doomed && a.exit.is_none() => None,
-                Phase::Checking(a) => Some((a.started + self.config.interval, Due::Check)),
+                Phase::Checking(a) if self.config.readiness.is_none() => {
+                    Some((a.started + self.config.interval, Due::Check))
+                }
+                // With `--notify-ready`: the verdict comes at `READY=1` or
+                // at the exit, whichever is first; the deadline kills.
+                Phase::Checking(a) if a.ready || a.exit.is_some() => Some((a.started, Due::Check)),
+                Phase::Checking(a) if a.killed => None,
+                Phase::Checking(a) => a.deadline.map(|at| (at, Due::NotifyTimeout)),
             };
         }
         if let Some(at) = self.kill_at {
@@ -412,6 +460,7 @@ impl Lifecycle {
                     return;
                 }
                 Due::Check => self.check(now, out),
+                Due::NotifyTimeout => self.kill_unready(now, out),
                 Due::KillOld => self.kill_old_workers(now, out),
                 Due::Escalate => self.escalate(now, out),
                 Due::Hup => {
@@ -513,12 +562,21 @@ impl Lifecycle {
         if let Some(failure) = &failure {
             log(out, failure.clone());
         }
+        let deadline = self
+            .config
+            .readiness
+            .as_ref()
+            .and_then(|r| r.timeout.as_ref())
+            .map(|t| now + t.duration());
         if let Some(start) = self.start.as_mut() {
             start.phase = Phase::Checking(Attempt {
                 worker: Worker { pid, generation },
                 started: now,
                 exit: None,
                 doomed: failure.is_some(),
+                ready: false,
+                deadline,
+                killed: false,
             });
         }
     }
@@ -582,10 +640,14 @@ impl Lifecycle {
                 // The backoff is measured from this verdict (for a worker
                 // that failed its exec, from when its exit was seen), so
                 // that the logged delay is the time from this line on.
-                let mut not_before = now;
+                // With `--notify-ready` the verdict can come early:
+                // `--interval` still spaces the attempts.
+                let spacing = (attempt.started + self.config.interval).saturating_sub(now);
+                let mut not_before = now + spacing;
                 if let Some(backoff) = self.count_failed_start() {
-                    log_retry(out, backoff, self.failed_starts);
-                    not_before += backoff;
+                    let wait = backoff.max(spacing);
+                    log_retry(out, wait, self.failed_starts);
+                    not_before = now + wait;
                 }
                 self.start = Some(Start {
                     reason: start.reason,
@@ -593,6 +655,62 @@ impl Lifecycle {
                 });
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
+        }
+    }
+
+    /// The attempt of `generation` still waiting for its `READY=1`, alive
+    /// and not killed; `None` for any other generation (an old one keeps
+    /// sending: ignored).
+    fn pending_attempt(&mut self, generation: u64) -> Option<&mut Attempt> {
+        if self.stopping.is_some() {
+            return None;
+        }
+        match &mut self.start.as_mut()?.phase {
+            Phase::Checking(a)
+                if a.worker.generation == generation
+                    && a.exit.is_none()
+                    && !a.killed
+                    && !a.ready =>
+            {
+                Some(a)
+            }
+            _ => None,
+        }
+    }
+
+    /// `--notify-timeout` is over without `READY=1`: SIGKILL; the failed
+    /// start is logged when its exit comes.
+    fn kill_unready(&mut self, now: Time, out: &mut Vec<Action>) {
+        let Some(Start {
+            phase: Phase::Checking(a),
+            ..
+        }) = self.start.as_mut()
+        else {
+            return;
+        };
+        a.killed = true;
+        // The timeout as extended, not the moment the loop woke up at.
+        let deadline = a.deadline.unwrap_or(now);
+        let (pid, waited) = (a.worker.pid, deadline.saturating_sub(a.started));
+        log(
+            out,
+            format!(
+                "new worker {pid} did not send READY=1 within {} secs (--notify-ready), killing it",
+                secs_text(waited)
+            ),
+        );
+        out.push(Action::Kill {
+            pid,
+            signal: self.config.kill.clone(),
+        });
+        // A TERM before its exit signals it too; it is never killed twice.
+        if self.config.signal_timeout.is_some() {
+            self.signalled.push(Signalled {
+                pid,
+                at: now,
+                signal: self.config.kill.clone(),
+                killed: true,
+            });
         }
     }
 
@@ -806,11 +924,18 @@ fn log(out: &mut Vec<Action>, line: String) {
     out.push(Action::Log(line));
 }
 
-/// `retrying in N secs (K failed starts in a row)`, N in seconds to the
-/// millisecond, without trailing zeros.
+/// Seconds to the millisecond, without trailing zeros.
+fn secs_text(d: Duration) -> String {
+    let millis = format!("{:.3}", d.as_secs_f64());
+    millis
+        .trim_end_matches('0')
+        .trim_end_matches('.')
+        .to_string()
+}
+
+/// `retrying in N secs (K failed starts in a row)`.
 fn log_retry(out: &mut Vec<Action>, wait: Duration, failed: u32) {
-    let millis = format!("{:.3}", wait.as_secs_f64());
-    let secs = millis.trim_end_matches('0').trim_end_matches('.');
+    let secs = secs_text(wait);
     let starts = if failed == 1 { "start" } else { "starts" };
     log(
         out,
@@ -848,6 +973,7 @@ mod tests {
             kill: sig(9, "KILL"),
             signal_timeout: None,
             max_retry_interval: None,
+            readiness: None,
         };
         let settings = Settings {
             auto_restart: None,

@@ -14,6 +14,7 @@ mod fuzz;
 mod lifecycle;
 mod listen;
 mod log;
+mod notify;
 mod pidfile;
 mod settings;
 mod signals;

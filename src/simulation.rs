@@ -74,6 +74,18 @@
 //!   failure's verdict to the next attempt is at most the cap plus the
 //!   retry gap); a HUP during the wait makes the retry due at once (no
 //!   sooner than the spawn gap allows).
+//! - "readiness" (`--notify-ready`): a generation becomes current (before
+//!   TERM/INT) only in the step of a `Ready` for it, and with a kill-old
+//!   delay of 0 every old worker is sent `--signal-on-hup` in that very
+//!   step; `Ready` and `Extend` for a generation not in its start check
+//!   change nothing; the retry after a failed start still waits
+//!   `--interval` from the previous spawn (any two spawns stay
+//!   `RETRY_GAP` apart).
+//! - "notify timeout" (`--notify-timeout`): after every turn, no
+//!   attempt that has not sent `READY=1` is alive past its deadline (the
+//!   spawn plus the timeout, moved by `Extend`) without a KILL; a KILL
+//!   goes to it only then, once, right after its `did not send READY=1`
+//!   line.
 //! - "log lines": every line is one of SPEC section 4's.
 //! - "no panic": the core never panics.
 //!
@@ -89,7 +101,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lifecycle::{
-    Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Sig, Stop, Time, Worker,
+    Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Readiness, Sig, Stop, Time, Worker,
 };
 use crate::settings::{Seconds, Settings, perl_number};
 
@@ -126,6 +138,8 @@ const LOG_LINES: &[&str] = &[
     // With --max-retry-interval.
     "retrying in {} secs (1 failed start in a row)",
     "retrying in {} secs ({} failed starts in a row)",
+    // With --notify-ready.
+    "new worker {} did not send READY=1 within {} secs (--notify-ready), killing it",
 ];
 
 // ---------------------------------------------------------------- cases
@@ -142,6 +156,9 @@ struct Setup {
     signal_timeout: Option<&'static str>,
     /// `--max-retry-interval`, if given.
     max_retry: Option<&'static str>,
+    /// `--notify-ready`, if given, with `--notify-timeout` (`None`: 0,
+    /// for ever).
+    readiness: Option<Option<&'static str>>,
     /// How the case ends if it did not stop by itself.
     final_stop: Stop,
 }
@@ -156,6 +173,7 @@ impl Setup {
             kill_old_delay: "0",
             signal_timeout: None,
             max_retry: None,
+            readiness: None,
             final_stop: Stop::Term,
         }
     }
@@ -185,6 +203,16 @@ enum Op {
     Settings {
         auto_restart: Option<&'static str>,
         kill_old_delay: &'static str,
+    },
+    /// `READY=1` arrives on the socket of the newest generation spawned
+    /// minus `back` (with `--notify-ready`).
+    Ready {
+        back: u8,
+    },
+    /// `EXTEND_TIMEOUT_USEC` arrives likewise.
+    Extend {
+        back: u8,
+        ms: u64,
     },
 }
 
@@ -264,6 +292,14 @@ fn generate(seed: u64) -> Case {
         kill_old_delay: rng.pick(KILL_OLD_DELAY),
         signal_timeout: rng.pick(&[None, None, Some("0.3"), Some("1"), Some("3")]),
         max_retry: rng.pick(&[None, None, Some("0.05"), Some("0.5"), Some("2"), Some("10")]),
+        readiness: rng.pick(&[
+            None,
+            None,
+            Some(None),
+            Some(Some("0.5")),
+            Some(Some("1")),
+            Some(Some("3")),
+        ]),
         final_stop: rng.pick(&[Stop::Term, Stop::Int]),
     };
     let len = 1 + rng.below(200);
@@ -279,7 +315,7 @@ fn generate(seed: u64) -> Case {
 }
 
 fn random_op(rng: &mut Rng) -> Op {
-    match rng.weighted(&[80, 200, 200, 120, 4, 160, 30]) {
+    match rng.weighted(&[80, 200, 200, 120, 4, 160, 30, 100, 30]) {
         0 => Op::Turn,
         1 => Op::Advance {
             ms: match rng.below(4) {
@@ -304,9 +340,16 @@ fn random_op(rng: &mut Rng) -> Op {
             let status = rng.pick(&[0, 256, EXEC_FAILED_STATUS, 2, 9, 15, 3, 10, 139]);
             Op::Exit { who, status }
         }
-        _ => Op::Settings {
+        6 => Op::Settings {
             auto_restart: rng.pick(AUTO_RESTART),
             kill_old_delay: rng.pick(KILL_OLD_DELAY),
+        },
+        7 => Op::Ready {
+            back: rng.pick(&[0, 0, 0, 1, 2]),
+        },
+        _ => Op::Extend {
+            back: rng.pick(&[0, 0, 1]),
+            ms: rng.pick(&[1, 100, 500, 2000, 10_000]),
         },
     }
 }
@@ -381,6 +424,8 @@ struct Process {
 struct Pending {
     stop: Option<Stop>,
     exits: Vec<(i32, i32)>,
+    /// `Ready` and `Extend` read from the notify sockets.
+    notes: Vec<Event>,
     hup: bool,
 }
 
@@ -431,6 +476,12 @@ struct World {
     max_retry: Option<Duration>,
     /// The newest generation the status file listed.
     listed: u64,
+    /// `--notify-ready`, with `--notify-timeout`.
+    readiness: Option<Option<Duration>>,
+    /// The readiness deadline of each generation spawned (`None`: never).
+    deadlines: BTreeMap<u64, Option<Time>>,
+    /// A failed start (not a crash) since the last spawn.
+    seen_failed_start: bool,
     /// Failed starts in a row, since the last success or HUP.
     failed_in_row: u32,
     /// The wait announced after the previous one of them.
@@ -457,6 +508,9 @@ impl World {
             kill: sig(9),
             signal_timeout: setup.signal_timeout.map(seconds),
             max_retry_interval: setup.max_retry.map(seconds),
+            readiness: setup.readiness.map(|timeout| Readiness {
+                timeout: timeout.map(seconds).filter(|t| t.value > 0.0),
+            }),
         };
         let settings = settings(setup.auto_restart, setup.kill_old_delay);
         World {
@@ -481,6 +535,11 @@ impl World {
             signal_timeout: setup.signal_timeout.map(|t| seconds(t).duration()),
             max_retry: setup.max_retry.map(|t| seconds(t).duration()),
             listed: 0,
+            readiness: setup
+                .readiness
+                .map(|t| t.map(|t| seconds(t).duration()).filter(|d| !d.is_zero())),
+            deadlines: BTreeMap::new(),
+            seen_failed_start: false,
             failed_in_row: 0,
             last_wait: None,
             retry: None,
@@ -538,6 +597,34 @@ impl World {
                 });
                 Ok(())
             }
+            Op::Ready { back } => {
+                if let Some(generation) = self.spawns.len().checked_sub(*back as usize) {
+                    self.ready(generation as u64);
+                }
+                Ok(())
+            }
+            Op::Extend { back, ms: n } => {
+                if let Some(generation) = self.spawns.len().checked_sub(*back as usize) {
+                    self.extend(generation as u64, ms(*n));
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// `READY=1` comes on `generation`'s socket (only with `--notify-ready`:
+    /// without it there is none).
+    fn ready(&mut self, generation: u64) {
+        if self.readiness.is_some() && generation > 0 {
+            self.note(|| format!("   READY=1 from generation {generation}"));
+            self.pending.notes.push(Event::Ready { generation });
+        }
+    }
+
+    fn extend(&mut self, generation: u64, by: Duration) {
+        if self.readiness.is_some() && generation > 0 {
+            self.note(|| format!("   EXTEND_TIMEOUT_USEC from generation {generation}"));
+            self.pending.notes.push(Event::Extend { generation, by });
         }
     }
 
@@ -635,6 +722,9 @@ impl World {
             self.processes.remove(&pid);
             self.feed(Event::ChildExited { pid, status })?;
         }
+        for note in std::mem::take(&mut self.pending.notes) {
+            self.feed(note)?;
+        }
         if std::mem::take(&mut self.pending.hup) {
             self.feed(Event::Hup)?;
         }
@@ -648,7 +738,28 @@ impl World {
             );
         }
         self.check_signal_timeouts()?;
+        self.check_notify_timeout()?;
         self.check_hup_in_backoff()
+    }
+
+    /// After a turn, the attempt in its start check is not alive past its
+    /// readiness deadline without a KILL.
+    fn check_notify_timeout(&self) -> Checked {
+        let Some(w) = checking(&self.core) else {
+            return Ok(());
+        };
+        let Some(Some(deadline)) = self.deadlines.get(&w.generation) else {
+            return Ok(());
+        };
+        let p = &self.processes[&w.pid];
+        ensure!(
+            p.exited || p.killed || *deadline > self.now,
+            "notify timeout",
+            "worker {} alive without READY=1 at {:?}, its deadline {deadline:?}, no KILL",
+            w.pid,
+            self.now
+        );
+        Ok(())
     }
 
     /// After a turn, no worker is alive past its `--signal-timeout`
@@ -716,7 +827,18 @@ impl World {
             }
             (self.failed_in_row, self.last_wait, self.retry) = (0, None, None);
         }
+        if let Event::Extend { generation, by } = &event {
+            let alive = checking(&self.core)
+                .filter(|w| w.generation == *generation && !self.processes[&w.pid].killed);
+            if let (Some(_), false) = (alive, was_stopping) {
+                if let Some(Some(deadline)) = self.deadlines.get_mut(generation) {
+                    *deadline = (*deadline).max(self.now + *by);
+                }
+            }
+        }
+        let was_current = self.core.current();
         let actions = self.core.step(event.clone(), self.now);
+        self.check_readiness(&event, was_current, &actions)?;
         if self.recording() {
             for a in &actions {
                 let shown = show_action(a);
@@ -759,6 +881,10 @@ impl World {
         let pid = self.next_pid;
         self.next_pid += 1;
         self.spawned.insert(pid, generation);
+        if let Some(timeout) = self.readiness {
+            self.deadlines
+                .insert(generation, timeout.map(|t| self.now + t));
+        }
         self.processes.insert(
             pid,
             Process {
@@ -838,8 +964,15 @@ impl World {
                     );
                     if let Some(previous) = self.spawns.last() {
                         let gap = self.now - previous.at;
+                        // With --notify-ready, --interval only spaces
+                        // attempts: the retry after a failed one.
+                        let spacing = if self.readiness.is_none() || self.seen_failed_start {
+                            self.interval
+                        } else {
+                            Duration::ZERO
+                        };
                         ensure!(
-                            gap >= RETRY_GAP.max(self.interval),
+                            gap >= RETRY_GAP.max(spacing),
                             "spawn gap",
                             "spawns {gap:?} apart (at {:?} and {:?})",
                             previous.at,
@@ -856,6 +989,7 @@ impl World {
                         Cause::Initial
                     };
                     (self.seen_hup, self.seen_auto, self.seen_failure) = (false, false, false);
+                    self.seen_failed_start = false;
                     self.spawns.push(SpawnRecord {
                         step,
                         at: self.now,
@@ -868,6 +1002,13 @@ impl World {
                         "spawned pids are tracked",
                         "kill {pid}, which is not a worker or was reaped"
                     );
+                    let unready = i > 0
+                        && matches!(&actions[i - 1], Action::Log(l)
+                            if l.contains("did not send READY=1"));
+                    if *signal == self.core.config().kill && unready {
+                        self.check_notify_kill(*pid, actions, i)?;
+                        continue;
+                    }
                     if *signal == self.core.config().kill {
                         self.check_escalation(*pid, actions, i)?;
                         continue;
@@ -1017,6 +1158,77 @@ impl World {
         Ok(())
     }
 
+    /// A KILL for `--notify-timeout`: to the attempt in its start check,
+    /// once, at or after its deadline, right after its line.
+    fn check_notify_kill(&self, pid: i32, actions: &[Action], i: usize) -> Checked {
+        let rule = "notify timeout";
+        let p = &self.processes[&pid];
+        ensure!(!p.killed, rule, "KILL {pid} twice");
+        let attempt = checking(&self.core).filter(|w| w.pid == pid);
+        let deadline = attempt.and_then(|w| self.deadlines.get(&w.generation).copied().flatten());
+        ensure!(
+            deadline.is_some_and(|d| d <= self.now),
+            rule,
+            "KILL {pid} at {:?}: attempt {attempt:?}, deadline {deadline:?}",
+            self.now
+        );
+        let line = &actions[i - 1];
+        ensure!(
+            matches!(line, Action::Log(l) if l.starts_with(&format!("new worker {pid} did not"))),
+            rule,
+            "KILL {pid} after {line:?}"
+        );
+        Ok(())
+    }
+
+    /// With `--notify-ready`, a generation becomes current only in the step
+    /// of its `Ready`, and the old workers are signalled in that step
+    /// (with no kill-old delay).
+    fn check_readiness(
+        &self,
+        event: &Event,
+        was_current: Option<Worker>,
+        actions: &[Action],
+    ) -> Checked {
+        let rule = "readiness";
+        if self.readiness.is_none() || self.core.stopping().is_some() {
+            return Ok(());
+        }
+        let Some(current) = self.core.current() else {
+            return Ok(());
+        };
+        if was_current == Some(current) {
+            return Ok(());
+        }
+        ensure!(
+            *event
+                == Event::Ready {
+                    generation: current.generation
+                },
+            rule,
+            "generation {} became current on {event:?}",
+            current.generation
+        );
+        let running = actions
+            .iter()
+            .any(|a| matches!(a, Action::Log(l) if l.starts_with("new worker is now running")));
+        if running && self.core.settings().kill_old_delay.value == 0.0 {
+            let on_hup = &self.core.config().signal_on_hup;
+            for w in self.core.old_workers() {
+                let signalled = actions.iter().any(|a| {
+                    matches!(a, Action::Kill { pid, signal } if *pid == w.pid && signal == on_hup)
+                });
+                ensure!(
+                    signalled,
+                    rule,
+                    "old worker {} not signalled in the step of the Ready: {actions:?}",
+                    w.pid
+                );
+            }
+        }
+        Ok(())
+    }
+
     /// A KILL: only with `--signal-timeout`, once per worker, to a worker
     /// first signalled at least the timeout ago, right after its line.
     fn check_escalation(&self, pid: i32, actions: &[Action], i: usize) -> Checked {
@@ -1084,7 +1296,7 @@ impl World {
             "{next:?} after {} failed starts in a row",
             self.failed_in_row
         );
-        let fork_delay = if line.starts_with("failed to start") {
+        let fork_delay = if line.starts_with("failed to start") || self.readiness.is_some() {
             RETRY_GAP.max(self.interval)
         } else {
             Duration::ZERO
@@ -1112,6 +1324,9 @@ impl World {
             "log lines",
             "{line:?}"
         );
+        if is_failed_start(line) {
+            self.seen_failed_start = true;
+        }
         if line == "received HUP, spawning a new worker" {
             self.seen_hup = true;
         } else if line.starts_with("autorestart triggered") {
@@ -1190,8 +1405,13 @@ impl World {
         self.settings.auto_restart = None;
         self.turn()?;
         let mut turns = 0;
-        while let Some(at) = self.core.next_deadline() {
-            self.set_clock(at);
+        loop {
+            if !self.settle_readiness() {
+                let Some(at) = self.core.next_deadline() else {
+                    break;
+                };
+                self.set_clock(at);
+            }
             self.turn()?;
             turns += 1;
             ensure!(turns < 1000, "no busy loop", "the core never gets quiet");
@@ -1241,6 +1461,28 @@ impl World {
         Ok(())
     }
 
+    /// At the end, with `--notify-ready`: the attempt in its start check
+    /// sends `READY=1`, or exits if it was killed. Whether anything is to
+    /// be fed.
+    fn settle_readiness(&mut self) -> bool {
+        if self.readiness.is_none() || self.stopped.is_some() {
+            return false;
+        }
+        let Some(w) = checking(&self.core) else {
+            return false;
+        };
+        let p = &self.processes[&w.pid];
+        if p.exited {
+            return false;
+        }
+        if p.killed {
+            self.exit(w.pid, 9);
+        } else {
+            self.ready(w.generation);
+        }
+        true
+    }
+
     fn check_quiet(&self) -> Checked {
         let core = &self.core;
         ensure!(
@@ -1280,7 +1522,10 @@ impl World {
     }
 
     fn check_hup_bursts(&self) -> Checked {
-        let window = self.interval.max(RETRY_GAP);
+        let window = match self.readiness {
+            Some(_) => RETRY_GAP,
+            None => self.interval.max(RETRY_GAP),
+        };
         let served = |hup_step: usize| {
             let i = self.spawns.partition_point(|s| s.step < hup_step);
             self.spawns
@@ -1351,6 +1596,10 @@ fn show_event(event: &Event) -> String {
             failure: Some(f),
         } => format!("Spawned pid {pid}, failed: {f}"),
         Event::SpawnFailed { error } => format!("SpawnFailed: {error}"),
+        Event::Ready { generation } => format!("Ready gen {generation}"),
+        Event::Extend { generation, by } => {
+            format!("Extend gen {generation} by {}ms", by.as_millis())
+        }
         Event::Settings(s) => format!(
             "Settings auto-restart {:?}, kill-old delay {}",
             s.auto_restart.as_ref().map(|a| &a.text),
@@ -1476,7 +1725,9 @@ fn simpler_ops(op: &Op) -> Vec<Op> {
             }
             out
         }
-        Op::ToDeadline | Op::Hup | Op::Stop(_) | Op::Settings { .. } => vec![Op::Turn],
+        Op::ToDeadline | Op::Hup | Op::Stop(_) | Op::Settings { .. } | Op::Extend { .. } => {
+            vec![Op::Turn]
+        }
         Op::Exit { who, status } if *status != 0 => vec![Op::Exit {
             who: *who,
             status: 0,
@@ -1511,6 +1762,10 @@ fn simpler_setups(setup: &Setup) -> Vec<Setup> {
     });
     push(Setup {
         max_retry: None,
+        ..setup.clone()
+    });
+    push(Setup {
+        readiness: None,
         ..setup.clone()
     });
     for interval_ms in [0, 100, 1000]
@@ -2110,6 +2365,7 @@ fn hups_a_retry_gap_apart_at_interval_zero_keep_the_burst_bound() {
             kill_old_delay: "0",
             signal_timeout: None,
             max_retry: None,
+            readiness: None,
             final_stop: Stop::Term,
         },
         ops: vec![
@@ -2141,4 +2397,111 @@ fn hups_a_retry_gap_apart_at_interval_zero_keep_the_burst_bound() {
         panic!("{}", report(0, &case, &failure));
     }
     drop(world);
+}
+
+/// `--notify-ready` with a one-second interval and a 3-second timeout.
+fn readiness_setup(timeout: Option<&'static str>) -> Setup {
+    Setup {
+        readiness: Some(timeout),
+        ..Setup::plain(1000)
+    }
+}
+
+#[test]
+fn a_late_ready_makes_the_generation_current_and_signals_old_workers_at_once() {
+    let mut w = World::start(&readiness_setup(Some("3")), &[]);
+    w.ready(1);
+    w.turn_at(50);
+    assert_eq!(w.core.status_entries(), [(1, 101)]);
+    w.hup();
+    w.turn_at(5000);
+    // No verdict at --interval: the start waits for READY=1.
+    w.run_until(7000, true);
+    assert_eq!(w.core.status_entries(), [(1, 101)]);
+    w.ready(2);
+    w.turn_at(7000);
+    w.run_until(7000, true);
+    assert_eq!(
+        w.actions_from(5000),
+        [
+            "5.000 log: received HUP, spawning a new worker",
+            "5.000 Spawn gen 2",
+            "5.000 log: starting new worker 102",
+            "7.000 WriteStatus [1:101 2:102]",
+            "7.000 log: new worker is now running, sending TERM to old workers:101",
+            "7.000 log: killing old workers",
+            "7.000 Kill 101 TERM",
+            "7.000 log: old worker 101 died, status:15",
+            "7.000 WriteStatus [2:102]",
+        ]
+    );
+}
+
+#[test]
+fn a_worker_that_never_sends_ready_is_killed_and_retried_while_the_old_one_serves() {
+    let mut w = World::start(&readiness_setup(Some("3")), &[]);
+    w.ready(1);
+    w.turn_at(10);
+    w.hup();
+    w.turn_at(1000);
+    // The worker exits on its KILL, with status 9.
+    w.run_until(4000, true);
+    assert_eq!(
+        w.actions_from(1000),
+        [
+            "1.000 log: received HUP, spawning a new worker",
+            "1.000 Spawn gen 2",
+            "1.000 log: starting new worker 102",
+            "4.000 log: new worker 102 did not send READY=1 within 3 secs (--notify-ready), \
+             killing it",
+            "4.000 Kill 102 KILL",
+            "4.000 log: new worker 102 seems to have failed to start, exit status:9",
+            "4.000 Spawn gen 3",
+            "4.000 log: starting new worker 103",
+        ]
+    );
+    assert_eq!(w.core.status_entries(), [(1, 101)]);
+    assert!(w.processes[&101].signals.is_empty());
+    // A late READY=1 from the killed generation changes nothing.
+    w.ready(2);
+    w.turn_at(4002);
+    assert_eq!(w.core.status_entries(), [(1, 101)]);
+    assert!(w.processes[&101].signals.is_empty());
+}
+
+#[test]
+fn extend_timeout_moves_the_deadline_and_ready_then_counts() {
+    let mut w = World::start(&readiness_setup(Some("3")), &[]);
+    w.extend(1, ms(5000));
+    w.turn_at(2000);
+    assert_eq!(w.core.next_deadline(), Some(ms(7000)));
+    // A shorter extension never brings it closer.
+    w.extend(1, ms(10));
+    w.turn_at(2500);
+    assert_eq!(w.core.next_deadline(), Some(ms(7000)));
+    w.run_until(6999, true);
+    w.ready(1);
+    w.turn_at(6999);
+    assert_eq!(w.core.status_entries(), [(1, 101)]);
+    assert!(w.processes[&101].signals.is_empty());
+}
+
+#[test]
+fn an_exit_before_ready_fails_at_once_and_the_retry_waits_for_the_interval() {
+    let mut w = World::start(&readiness_setup(None), &[]);
+    w.exit(101, 256);
+    w.turn_at(200);
+    w.run_until(2000, true);
+    assert_eq!(
+        w.actions_from(0),
+        [
+            "0.000 Spawn gen 1",
+            "0.000 log: starting new worker 101",
+            "0.200 log: new worker 101 seems to have failed to start, exit status:256",
+            "1.000 Spawn gen 2",
+            "1.000 log: starting new worker 102",
+        ]
+    );
+    // --notify-timeout=0: no deadline while it waits for READY=1.
+    assert_eq!(w.core.next_deadline(), None);
 }

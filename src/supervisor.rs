@@ -34,6 +34,7 @@ use crate::envdir::{self, Env};
 use crate::lifecycle::{self, Action, Event, Lifecycle, Sig, Stop, Time};
 use crate::listen::{self, Sockets};
 use crate::log::{self, LogWriter};
+use crate::notify::{Message, Notifier};
 use crate::pidfile::PidFile;
 use crate::settings;
 use crate::signals::{SignalName, SignalQueue};
@@ -85,17 +86,28 @@ fn set_up(config: Config) -> Result<Supervisor> {
     };
 
     // From here on, an error must also reach the process waiting for the
-    // daemon to be ready.
-    let finished = finish_setup(log_sink, ready.as_ref(), &sockets, pid_file.as_mut());
+    // daemon to be ready. The notify directory is made by the process
+    // that supervises, and removed (on drop) if setup fails after it.
+    let finished = notifier(config.notify_ready).and_then(|notifier| {
+        let (signals, log) = finish_setup(log_sink, ready.as_ref(), &sockets, pid_file.as_mut())?;
+        Ok((signals, log, notifier))
+    });
     if let Some(ready) = ready {
         match &finished {
             Ok(_) => ready.report_ready(),
             Err(e) => ready.report_error(e),
         }
     }
-    let (signals, log) = finished?;
+    let (signals, log, notifier) = finished?;
     held.thread_unblock().context("failed to unblock signals")?;
-    Ok(Supervisor::new(config, sockets, signals, log, pid_file))
+    Ok(Supervisor::new(
+        config, sockets, signals, log, pid_file, notifier,
+    ))
+}
+
+/// With `--notify-ready`, the generations' notify sockets.
+fn notifier(notify_ready: bool) -> Result<Option<Notifier>> {
+    notify_ready.then(Notifier::new).transpose()
 }
 
 /// The steps after daemonizing: the log takes over stdout and stderr, the
@@ -138,6 +150,8 @@ struct Supervisor {
     /// What SIGUSR1 reopens.
     log_target: log::Target,
     sockets: Sockets,
+    /// With `--notify-ready`: the generations' notify sockets.
+    notifier: Option<Notifier>,
     /// Released last, at exit: `--stop` waits on its lock.
     pid_file: Option<PidFile>,
 }
@@ -156,6 +170,7 @@ impl Supervisor {
         signals: SignalQueue,
         log: LogWriter,
         pid_file: Option<PidFile>,
+        notifier: Option<Notifier>,
     ) -> Supervisor {
         let mut base_env = Env::inherited();
         for (name, value) in &config.exports {
@@ -176,6 +191,9 @@ impl Supervisor {
             },
             signal_timeout: config.signal_timeout.clone(),
             max_retry_interval: config.max_retry_interval.clone(),
+            readiness: config.notify_ready.then(|| lifecycle::Readiness {
+                timeout: config.notify_timeout.clone(),
+            }),
         };
         let settings = settings::read(&base_env);
         let mut supervisor = Supervisor {
@@ -191,6 +209,7 @@ impl Supervisor {
             log,
             log_target: log::Target::of(config.log_file.as_deref()),
             sockets,
+            notifier,
             pid_file,
         };
         supervisor.reload_env();
@@ -224,6 +243,9 @@ impl Supervisor {
             }
             self.reload_env();
             self.reap_children();
+            // After reaping: a READY=1 from a worker already reaped is not
+            // read (its socket is gone), so a dead worker never counts.
+            self.read_notifications();
             if pending.hup {
                 self.feed(Event::Hup);
             }
@@ -268,18 +290,53 @@ impl Supervisor {
         }
     }
 
-    /// Forks and execs a worker as `generation`.
+    /// Forks and execs a worker as `generation`; with `--notify-ready`,
+    /// with its own notify socket in `NOTIFY_SOCKET`.
     fn spawn(&mut self, generation: u64) -> Event {
         let mut env = self.env.clone();
         env.set("SERVER_STARTER_GENERATION", generation.to_string());
+        if let Some(notifier) = self.notifier.as_mut() {
+            match notifier.open(generation) {
+                Ok(path) => env.set("NOTIFY_SOCKET", path),
+                Err(e) => {
+                    return Event::SpawnFailed {
+                        error: format!("{e:#}"),
+                    };
+                }
+            }
+        }
         match spawn_worker(&self.program, &env, self.dir.as_deref()) {
-            Ok(spawned) => Event::Spawned {
-                pid: spawned.pid,
-                failure: spawned.failure,
-            },
-            Err(e) => Event::SpawnFailed {
-                error: format!("{e:#}"),
-            },
+            Ok(spawned) => {
+                if let Some(notifier) = self.notifier.as_mut() {
+                    notifier.attach(generation, spawned.pid);
+                }
+                Event::Spawned {
+                    pid: spawned.pid,
+                    failure: spawned.failure,
+                }
+            }
+            Err(e) => {
+                if let Some(notifier) = self.notifier.as_mut() {
+                    notifier.close(generation);
+                }
+                Event::SpawnFailed {
+                    error: format!("{e:#}"),
+                }
+            }
+        }
+    }
+
+    /// Whatever the generations sent on their notify sockets; the core
+    /// hears of `READY=1` and `EXTEND_TIMEOUT_USEC`.
+    fn read_notifications(&mut self) {
+        let Some(notifier) = self.notifier.as_mut() else {
+            return;
+        };
+        for (generation, message) in notifier.drain() {
+            self.feed(match message {
+                Message::Ready => Event::Ready { generation },
+                Message::ExtendTimeout(by) => Event::Extend { generation, by },
+            });
         }
     }
 
@@ -321,6 +378,9 @@ impl Supervisor {
                 Err(_) => return,
             };
             let (pid, status) = status;
+            if let Some(notifier) = self.notifier.as_mut() {
+                notifier.close_worker(pid.as_raw());
+            }
             self.feed(Event::ChildExited {
                 pid: pid.as_raw(),
                 status,
@@ -345,6 +405,9 @@ impl Supervisor {
         };
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
         if let Some(fd) = self.envdir_watch.as_ref().and_then(|w| w.fd()) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        for fd in self.notifier.iter().flat_map(Notifier::fds) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         // Lines were dropped on a full log pipe: wake when it has room.
@@ -396,9 +459,11 @@ impl Supervisor {
             status,
             signals,
             pid_file,
+            notifier,
             ..
         } = self;
         drop(status);
+        drop(notifier);
         sockets.close();
         drop(signals);
         drop(pid_file);

@@ -431,6 +431,24 @@ fn bad_option_values_are_refused_before_anything_starts() {
                 ["signal-t", "Unknown option"],
             )
         }),
+        case("notify-timeout: negative", Exits, |sb| {
+            prepared(
+                start(sb, &["--notify-ready".into(), "--notify-timeout=-1".into()]),
+                ["\"-1\"", "--notify-timeout", "0 or more"],
+            )
+        }),
+        case("notify-timeout: without notify-ready", Exits, |sb| {
+            prepared(
+                start(sb, &["--notify-timeout=5".into()]),
+                ["--notify-timeout needs --notify-ready"],
+            )
+        }),
+        case("notify-ready: abbreviated", Exits, |sb| {
+            prepared(
+                start(sb, &["--notify-r".into()]),
+                ["notify-r", "Unknown option"],
+            )
+        }),
         case("max-retry-interval: negative", Exits, |sb| {
             prepared(
                 start(sb, &["--max-retry-interval=-0.5".into()]),

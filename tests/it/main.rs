@@ -23,6 +23,7 @@ mod file_safety;
 mod leaks;
 mod log_file;
 mod pid_file;
+mod readiness;
 mod restart;
 mod shutdown;
 mod sockets;
