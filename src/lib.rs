@@ -105,8 +105,9 @@
 //! systemd notify protocol (`sd_notify(3)`): the supervisor names a unix
 //! datagram socket in `NOTIFY_SOCKET` (a path, or `@name` in Linux's
 //! abstract namespace), and the worker sends it `READY=1`. A supervisor
-//! that waits for it (systemd, for a `Type=notify` service) counts the
-//! worker as started on that message rather than after a fixed delay. [`notify_ready`] sends `READY=1`,
+//! that waits for it (`start_server --notify-ready`, or systemd for a
+//! `Type=notify` service) counts the worker as started on that message
+//! rather than after a fixed delay. [`notify_ready`] sends `READY=1`,
 //! [`notify`] any other state (`STATUS=...`, `EXTEND_TIMEOUT_USEC=...`,
 //! `STOPPING=1`); both return `Ok(false)` and do nothing when the variable
 //! is unset, so a worker calls them unconditionally:
