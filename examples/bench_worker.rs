@@ -21,16 +21,32 @@
 //! O_APPEND write), so that the harness can tell when each worker was
 //! exec'd on the same clock it takes before sending a signal.
 //!
+//! For the readiness measurements (all three are off unless set):
+//!
+//! - `BENCH_BOOT_MS=N`: after taking its listener (and setting up its
+//!   signal handlers) it waits N ms, a slow boot, before it accepts anything
+//!   and before it calls [`server_starter::notify_ready`] (which does
+//!   nothing when `NOTIFY_SOCKET` is unset). Without it, `notify_ready` is
+//!   called right away, before the first accept.
+//! - `BENCH_READY_STAMP=FILE`: right before sending `READY=1`, it appends
+//!   `PID NANOSECONDS\n` (CLOCK_MONOTONIC) to FILE.
+//! - `BENCH_SIGNAL_STAMP=FILE`: the TERM/INT handler takes CLOCK_MONOTONIC
+//!   (clock_gettime(2) is async-signal-safe) into an atomic, first signal
+//!   only; the main loop appends `PID NANOSECONDS\n` with that time to FILE
+//!   when it sees the signal, so the stamp is the time the signal was
+//!   received, even if it arrived during the boot wait.
+//!
 //! It also exits when its parent is gone (checked about once a second), so
 //! an interrupted benchmark leaves no worker behind. Exit status 3 and a line
 //! on stderr for a setup error (no TCP socket inherited, and the like).
 
+use std::ffi::OsString;
 use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use server_starter::Listener;
@@ -38,6 +54,9 @@ use signal_hook::consts::signal::{SIGINT, SIGTERM};
 
 /// Set by the TERM and INT handlers.
 static STOP: AtomicBool = AtomicBool::new(false);
+/// CLOCK_MONOTONIC in nanoseconds when the first TERM or INT was received
+/// (0: none yet).
+static SIGNALLED_AT: AtomicU64 = AtomicU64::new(0);
 
 /// While draining, a connection idle this long is closed.
 const DRAIN_IDLE: Duration = Duration::from_millis(500);
@@ -104,19 +123,28 @@ fn main() -> ExitCode {
 }
 
 /// Appends `PID NANOSECONDS\n` (CLOCK_MONOTONIC, taken first) to the file
-/// named by `BENCH_EXEC_STAMP`, if set. Failures are ignored: the stamp is
-/// for the harness, never a reason not to serve.
+/// named by `BENCH_EXEC_STAMP`, if set.
 fn stamp_exec() {
+    let now = monotonic_ns();
+    if let Some(path) = std::env::var_os("BENCH_EXEC_STAMP") {
+        append_stamp(path, now);
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds. Async-signal-safe: clock_gettime(2) is.
+fn monotonic_ns() -> u64 {
     let mut now = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime(2) writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
-    let Some(path) = std::env::var_os("BENCH_EXEC_STAMP") else {
-        return;
-    };
-    let nanos = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Appends `PID NANOS\n` to `path`. Failures are ignored: the stamps are
+/// for the harness, never a reason not to serve.
+fn append_stamp(path: OsString, nanos: u64) {
     let line = format!("{} {nanos}\n", std::process::id());
     if let Ok(mut file) = std::fs::OpenOptions::new()
         .append(true)
@@ -125,6 +153,25 @@ fn stamp_exec() {
     {
         // One write(2) of a short line: O_APPEND keeps lines whole.
         let _ = file.write_all(line.as_bytes());
+    }
+}
+
+/// The slow boot of `BENCH_BOOT_MS`, then `READY=1` (stamped first when
+/// `BENCH_READY_STAMP` is set).
+fn boot_then_ready() {
+    let boot_ms = std::env::var("BENCH_BOOT_MS")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if boot_ms > 0 {
+        std::thread::sleep(Duration::from_millis(boot_ms));
+    }
+    if let Some(path) = std::env::var_os("BENCH_READY_STAMP") {
+        append_stamp(path, monotonic_ns());
+    }
+    // Ok(false): NOTIFY_SOCKET unset, nobody waits for it.
+    if let Err(e) = server_starter::notify_ready() {
+        let _ = writeln!(io::stderr(), "bench_worker: cannot report readiness: {e}");
     }
 }
 
@@ -138,12 +185,25 @@ fn run() -> io::Result<()> {
     let (wake_read, wake_write) = UnixStream::pair()?;
     wake_read.set_nonblocking(true)?;
     for signal in [SIGTERM, SIGINT] {
-        // The flag first: actions run in registration order, so the flag is
-        // set before the loop is woken.
+        // The time first, then the flag: actions run in registration order,
+        // so both are set before the loop is woken.
+        // SAFETY: the action only calls clock_gettime(2) and touches an
+        // atomic, both async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, || {
+                let _ = SIGNALLED_AT.compare_exchange(
+                    0,
+                    monotonic_ns(),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                );
+            })?;
+        }
         signal_hook::flag::register(signal, &STOP)?;
         signal_hook::low_level::pipe::register(signal, wake_write.try_clone()?)?;
     }
     drop(wake_write);
+    boot_then_ready();
     serve(listener, wake_read, &responses)
 }
 
@@ -217,6 +277,9 @@ fn serve(listener: TcpListener, mut wake: UnixStream, responses: &Responses) -> 
             // waits in its queue is theirs.
             listener = None;
             draining_since = Some(Instant::now());
+            if let Some(path) = std::env::var_os("BENCH_SIGNAL_STAMP") {
+                append_stamp(path, SIGNALLED_AT.load(Ordering::SeqCst));
+            }
         } else if let Some(l) = &listener {
             if fds[1].revents != 0 {
                 accept_batch(l, &mut conns);

@@ -178,6 +178,18 @@ impl Instance {
     /// Starts `who` on a free 127.0.0.1 port with status and pid files;
     /// `args` go before `--` (`--interval` and the like).
     pub fn start(setup: &Setup, who: Who, tag: &str, args: &[&str]) -> Result<Instance, String> {
+        Instance::start_env(setup, who, tag, args, &[])
+    }
+
+    /// As [`Instance::start`], with `env` added to the environment of
+    /// start_server and so of its workers.
+    pub fn start_env(
+        setup: &Setup,
+        who: Who,
+        tag: &str,
+        args: &[&str],
+        env: &[(&str, &Path)],
+    ) -> Result<Instance, String> {
         let port = free_port()?;
         let tag = format!("{tag}-{}", who.name());
         let status_file = setup.raw.join(format!("{tag}.status"));
@@ -198,6 +210,11 @@ impl Instance {
             .arg("--")
             .arg(&setup.worker)
             .env("BENCH_EXEC_STAMP", &stamp_file)
+            // Without `--notify-ready` a start_server passes its own
+            // NOTIFY_SOCKET on: the workers must not notify whoever runs
+            // the harness.
+            .env_remove("NOTIFY_SOCKET")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -291,14 +308,7 @@ impl Instance {
     /// The exec stamps of its workers so far: `(pid, CLOCK_MONOTONIC ns)`,
     /// in the order written.
     pub fn exec_stamps(&self) -> Vec<(i32, u64)> {
-        fs::read_to_string(&self.stamp_file)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| {
-                let (pid, nanos) = l.split_once(' ')?;
-                Some((pid.parse().ok()?, nanos.trim().parse().ok()?))
-            })
-            .collect()
+        read_stamps(&self.stamp_file)
     }
 
     /// The exec stamp of worker `pid`.
@@ -364,6 +374,19 @@ impl Drop for Instance {
             unregister(self.pid);
         }
     }
+}
+
+/// The `PID NANOS` lines of a stamp file (exec, ready or signal stamps of
+/// the workers), in the order written; none while it does not exist.
+pub fn read_stamps(path: &Path) -> Vec<(i32, u64)> {
+    fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (pid, nanos) = l.split_once(' ')?;
+            Some((pid.parse().ok()?, nanos.trim().parse().ok()?))
+        })
+        .collect()
 }
 
 /// True once `pid`, our child, has exited; it stays a zombie for us to reap.

@@ -41,7 +41,7 @@ const USAGE: &str = "usage: ss-bench --ours BIN --reference BIN --worker BIN --o
   --only NAME       only the steps whose name contains NAME, or any of
                     several NAMEs separated by commas (start-up,
                     switchover, cycle, exec, --restart, wrk, per-request,
-                    footprint, idle, storm)
+                    footprint, idle, storm, readiness)
 ";
 
 struct Args {
@@ -165,7 +165,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut results = Results::default();
 
     type Step = fn(&Setup, &Plan, &mut Results) -> Result<(), String>;
-    let steps: [(&str, Step); 8] = [
+    let steps: [(&str, Step); 9] = [
         ("start-up", scenarios::startup),
         (
             "switchover and HUP → exec, --interval=1",
@@ -180,6 +180,10 @@ fn run(args: &Args) -> Result<(), String> {
         ("footprint", scenarios::footprint),
         ("idle wake-ups", scenarios::idle),
         ("HUP storm", scenarios::storm),
+        (
+            "readiness: READY=1 → old worker signalled, restart command",
+            scenarios::readiness,
+        ),
     ];
     let wanted = |name: &str| {
         args.only

@@ -584,6 +584,73 @@ fn table(results: &Results, plan: &Plan) -> Table {
         Unit::Ms,
         true,
     );
+
+    t.section(&format!(
+        "Readiness: the worker boots (waits) for {} ms, then accepts and sends READY=1; ours with `--notify-ready --interval=1`, the others with `--interval=1` ({} HUPs per boot time, each after the previous restart is over and {} ms later)",
+        plan.ready_boot_ms,
+        plan.ready_runs,
+        s::PAUSE.as_millis()
+    ));
+    t.note(results, "how the old worker's TERM is timed", s::READY_HOW);
+    for boot in [plan.ready_boot_ms, plan.ready_slow_boot_ms] {
+        let key = |what: &str| s::ready_key(boot, what);
+        let after = if boot == plan.ready_boot_ms {
+            ""
+        } else {
+            " (longer than `--interval`)"
+        };
+        t.median(
+            results,
+            &format!("boot {boot} ms{after}: SIGHUP → new worker sends READY=1 (exec + boot)"),
+            &key(s::READY_HUP_TO_READY),
+            Unit::Ms,
+            false,
+        );
+        t.median(
+            results,
+            "↳ SIGHUP → old worker signalled (its TERM handler ran)",
+            &key(s::READY_HUP_TO_SIGNAL),
+            Unit::Ms,
+            false,
+        );
+        t.median_p90(
+            results,
+            "↳ **READY=1 → old worker signalled** (runs where it came after READY)",
+            &key(s::READY_TO_SIGNAL),
+            Unit::Ms,
+            false,
+        );
+        t.sums(
+            results,
+            "↳ runs where the old worker was signalled BEFORE the new one was ready",
+            &[key(s::READY_SIGNALLED_EARLY)],
+        );
+        t.median(
+            results,
+            "↳ how long before READY=1 it was signalled (those runs)",
+            &key(s::READY_EARLY_BY),
+            Unit::Ms,
+            false,
+        );
+    }
+    t.median(
+        results,
+        &format!(
+            "`start_server --restart` wall time, boot {} ms ({})",
+            plan.ready_boot_ms,
+            runs(plan.ready_runs)
+        ),
+        s::READY_RESTART,
+        Unit::Ms,
+        false,
+    );
+    t.median(
+        results,
+        "↳ returned this long after the status file listed only the new generation (polled every 0.5 ms)",
+        s::READY_RESTART_LAG,
+        Unit::Ms,
+        false,
+    );
     t
 }
 
@@ -808,6 +875,52 @@ fn targets(results: &Results, plan: &Plan) -> Vec<Target> {
         },
         &storm_whos,
     ));
+
+    // Readiness: READY=1 → old worker signalled, at both boot times.
+    let mut parts = Vec::new();
+    let mut met = None;
+    for boot in [plan.ready_boot_ms, plan.ready_slow_boot_ms] {
+        let after = results.stats(&s::ready_key(boot, s::READY_TO_SIGNAL), ours);
+        let early = results
+            .stats(&s::ready_key(boot, s::READY_SIGNALLED_EARLY), ours)
+            .map_or(0.0, |st| st.sum);
+        if let Some(st) = after {
+            parts.push(format!(
+                "boot {boot} ms: {} ms (p90 {}, max {}), signalled before READY in {early:.0} runs",
+                number(st.median),
+                number(st.p90),
+                number(st.max)
+            ));
+            met = Some(met.unwrap_or(true) && st.median <= 1.0 && early == 0.0);
+        }
+    }
+    list.push(Target {
+        goal: "with `--notify-ready`, READY=1 → old worker signalled: median at most 1 ms, never before READY"
+            .to_string(),
+        measured: if parts.is_empty() {
+            "not measured".to_string()
+        } else {
+            parts.join("; ")
+        },
+        met,
+    });
+    let limit = plan.ready_boot_ms as f64 + 10.0;
+    let restart = results.stats(s::READY_RESTART, ours);
+    list.push(Target {
+        goal: format!(
+            "`--restart` with `--notify-ready` at most boot + 10 ms (median, boot {} ms: {limit:.0} ms)",
+            plan.ready_boot_ms
+        ),
+        measured: restart.map_or("not measured".to_string(), |st| {
+            format!(
+                "{} ms ({}–{})",
+                number(st.median),
+                number(st.min),
+                number(st.max)
+            )
+        }),
+        met: restart.map(|st| st.median <= limit),
+    });
 
     let growth = results
         .get(s::FDS_AFTER, ours)

@@ -9,10 +9,11 @@
 //! `--restart`) gets "n/a" for that step's measurements instead of stopping
 //! the run; for ours and the reference that is an error.
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::http::{self, Outcome, Record};
-use crate::instance::{INTERVAL, Instance, Setup, Who, monotonic_ns};
+use crate::instance::{INTERVAL, Instance, Setup, Who, monotonic_ns, read_stamps};
 use crate::procfs;
 use crate::results::Results;
 use crate::wrk::{self, Mode};
@@ -53,6 +54,21 @@ pub const PACED_P99: &str = "paced_p99_ms";
 pub const PACED_MAX: &str = "paced_max_ms";
 pub const PACED_MAX_NEAR: &str = "paced_max_near_restart_ms";
 pub const PACED_MAX_ELSEWHERE: &str = "paced_max_elsewhere_ms";
+/// The readiness step, per boot time: see [`ready_key`].
+pub const READY_HUP_TO_READY: &str = "hup_to_ready_ms";
+pub const READY_HUP_TO_SIGNAL: &str = "hup_to_old_signalled_ms";
+pub const READY_TO_SIGNAL: &str = "ready_to_old_signalled_ms";
+pub const READY_SIGNALLED_EARLY: &str = "old_signalled_before_ready";
+pub const READY_EARLY_BY: &str = "old_signalled_before_ready_by_ms";
+pub const READY_RESTART: &str = "restart_command_ms";
+pub const READY_RESTART_LAG: &str = "restart_command_after_status_ms";
+/// How each waits for readiness (a note).
+pub const READY_HOW: &str = "readiness_how";
+
+/// The key of a readiness metric for a boot time (`ready_500_hup_to_ready_ms`).
+pub fn ready_key(boot_ms: u64, what: &str) -> String {
+    format!("ready_{boot_ms}_{what}")
+}
 
 /// The key of a wrk metric for a mode (`wrk_close_max_ms`).
 pub fn wrk_key(mode: Mode, what: &str) -> String {
@@ -81,6 +97,13 @@ pub struct Plan {
     pub storm_runs: usize,
     pub storm_hups: usize,
     pub storm_cap: Duration,
+    /// Readiness: HUPs per boot time, and `--restart` runs.
+    pub ready_runs: usize,
+    /// The worker's boot time (`BENCH_BOOT_MS`) of the readiness step,
+    /// shorter than `--interval=1`.
+    pub ready_boot_ms: u64,
+    /// The second boot time, longer than `--interval=1`.
+    pub ready_slow_boot_ms: u64,
 }
 
 impl Plan {
@@ -103,6 +126,9 @@ impl Plan {
             storm_runs: 3,
             storm_hups: 100,
             storm_cap: Duration::from_secs(4),
+            ready_runs: 10,
+            ready_boot_ms: 500,
+            ready_slow_boot_ms: 1500,
         }
     }
 
@@ -121,6 +147,7 @@ impl Plan {
             idle_instances: 1,
             idle_duration: Duration::from_secs(3),
             storm_runs: 1,
+            ready_runs: 3,
             ..Plan::full()
         }
     }
@@ -1134,4 +1161,256 @@ pub fn storm(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// The options of the readiness step: ours waits for `READY=1`, the others
+/// cannot be asked to (the reference has no such option) and run with
+/// `--interval=1` alone.
+fn ready_args(who: Who) -> &'static [&'static str] {
+    if who == Who::Ours {
+        &["--notify-ready", INTERVAL]
+    } else {
+        &[INTERVAL]
+    }
+}
+
+/// One readiness instance: its ready and signal stamp files.
+struct ReadyInstance {
+    instance: Instance,
+    ready_file: PathBuf,
+    signal_file: PathBuf,
+    last_done: Option<Instant>,
+}
+
+/// Readiness: a worker that boots for `ready_boot_ms` (then for
+/// `ready_slow_boot_ms`) before it accepts and sends `READY=1`. For each,
+/// `ready_runs` SIGHUPs (each after the previous restart is over and
+/// [`PAUSE`] later): SIGHUP → the new worker's ready stamp, SIGHUP → the old
+/// worker's signal stamp, and the ready stamp → the signal stamp when the
+/// old worker was signalled after the new one was ready, or by how much
+/// before it when not. Then, at the first boot time, `ready_runs` runs of
+/// `start_server --restart`: its wall time.
+pub fn readiness(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    for who in Who::compared() {
+        let how = if who == Who::Ours {
+            "waits for READY=1 (`--notify-ready --interval=1`)".to_string()
+        } else {
+            "`--interval=1` only: signals the old worker an interval after the fork, ready or not"
+                .to_string()
+        };
+        results.note(READY_HOW, who, how);
+    }
+    for boot in [plan.ready_boot_ms, plan.ready_slow_boot_ms] {
+        let mut keys: Vec<String> = [
+            READY_HUP_TO_READY,
+            READY_HUP_TO_SIGNAL,
+            READY_TO_SIGNAL,
+            READY_SIGNALLED_EARLY,
+            READY_EARLY_BY,
+        ]
+        .iter()
+        .map(|k| ready_key(boot, k))
+        .collect();
+        if boot == plan.ready_boot_ms {
+            keys.push(READY_RESTART.to_string());
+            keys.push(READY_RESTART_LAG.to_string());
+        }
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let mut instances = Vec::new();
+        for who in Who::compared() {
+            let tag = format!("ready{boot}");
+            let name = format!("{tag}-{}", who.name());
+            let ready_file = setup.raw.join(format!("{name}.ready"));
+            let signal_file = setup.raw.join(format!("{name}.signals"));
+            let _ = std::fs::remove_file(&ready_file);
+            let _ = std::fs::remove_file(&signal_file);
+            let boot_ms = PathBuf::from(boot.to_string());
+            let env = [
+                ("BENCH_BOOT_MS", boot_ms.as_path()),
+                ("BENCH_READY_STAMP", ready_file.as_path()),
+                ("BENCH_SIGNAL_STAMP", signal_file.as_path()),
+            ];
+            let args = ready_args(who);
+            let instance = Instance::start_env(setup, who, &tag, args, &env)?;
+            match instance.wait_ready(READY) {
+                Ok(_) => instances.push(ReadyInstance {
+                    instance,
+                    ready_file,
+                    signal_file,
+                    last_done: None,
+                }),
+                Err(e) if !who.is_extra() => return Err(e),
+                Err(_) => {
+                    not_applicable(results, who, &keys, &start_failure(&instance, args));
+                }
+            }
+        }
+        let mut dropped: Vec<Who> = Vec::new();
+        for run in 0..plan.ready_runs {
+            let n = instances.len();
+            let mut order: Vec<usize> = (0..n).collect();
+            order.rotate_left(run % n.max(1));
+            for i in order {
+                let r = &mut instances[i];
+                let who = r.instance.who;
+                if dropped.contains(&who) {
+                    continue;
+                }
+                match ready_hup(r, boot) {
+                    Ok(Some(m)) => {
+                        results.add(&ready_key(boot, READY_HUP_TO_READY), who, m.hup_to_ready);
+                        results.add(&ready_key(boot, READY_HUP_TO_SIGNAL), who, m.hup_to_signal);
+                        let after = m.hup_to_signal - m.hup_to_ready;
+                        let early = ready_key(boot, READY_SIGNALLED_EARLY);
+                        if after >= 0.0 {
+                            results.add(&ready_key(boot, READY_TO_SIGNAL), who, after);
+                            results.add(&early, who, 0.0);
+                        } else {
+                            results.add(&ready_key(boot, READY_EARLY_BY), who, -after);
+                            results.add(&early, who, 1.0);
+                        }
+                    }
+                    Ok(None) => eprintln!(
+                        "  {}: boot {boot} ms: no ready or no signal stamp within {} s",
+                        who.name(),
+                        (boot / 1000) + 6
+                    ),
+                    Err(e) if who.is_extra() => {
+                        not_applicable(results, who, &keys, &e);
+                        dropped.push(who);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        if boot == plan.ready_boot_ms {
+            for run in 0..plan.ready_runs {
+                let n = instances.len();
+                let mut order: Vec<usize> = (0..n).collect();
+                order.rotate_left(run % n.max(1));
+                for i in order {
+                    let r = &mut instances[i];
+                    let who = r.instance.who;
+                    if dropped.contains(&who) {
+                        continue;
+                    }
+                    let tag = format!("ready-restart-{run}-{}.client", who.name());
+                    let outcome = settled(&r.instance, r.last_done)
+                        .and_then(|before| restart_client(setup, &r.instance, &tag, before));
+                    r.last_done = Some(Instant::now());
+                    match outcome {
+                        Ok((took, listed)) => {
+                            results.add(READY_RESTART, who, ms(took));
+                            if let Some(listed) = listed {
+                                let lag = ms(took.saturating_sub(listed));
+                                results.add(READY_RESTART_LAG, who, lag);
+                            }
+                        }
+                        Err(e) if who.is_extra() => {
+                            let keys = [READY_RESTART, READY_RESTART_LAG];
+                            not_applicable(results, who, &keys, &e);
+                            dropped.push(who);
+                        }
+                        Err(e) => eprintln!("  {}: {e}", who.name()),
+                    }
+                }
+            }
+        }
+        for r in instances {
+            r.instance.stop(GRACE);
+        }
+    }
+    Ok(())
+}
+
+/// What one SIGHUP of the readiness step measured, in ms.
+struct ReadyHup {
+    hup_to_ready: f64,
+    hup_to_signal: f64,
+}
+
+/// One SIGHUP once the previous restart is over: when the new worker was
+/// about to send `READY=1` and when the old one received its TERM, from the
+/// stamps (CLOCK_MONOTONIC) against the clock taken just before the HUP.
+/// `None` when the stamps do not come within boot + 6 s.
+fn ready_hup(r: &mut ReadyInstance, boot_ms: u64) -> Result<Option<ReadyHup>, String> {
+    settled(&r.instance, r.last_done)?;
+    let (_, old_pid) = r
+        .instance
+        .single_generation()
+        .ok_or_else(|| format!("{}: status file changed", r.instance.who.name()))?;
+    let hup_ns = monotonic_ns();
+    r.instance.signal(libc::SIGHUP);
+    let deadline = Instant::now() + Duration::from_millis(boot_ms) + Duration::from_secs(6);
+    let found = loop {
+        let ready = stamp_where(&r.ready_file, |pid, ns| pid != old_pid && ns >= hup_ns);
+        let signal = stamp_where(&r.signal_file, |pid, _| pid == old_pid);
+        if let (Some(ready), Some(signal)) = (ready, signal) {
+            break Some((ready, signal));
+        }
+        if Instant::now() >= deadline {
+            break None;
+        }
+        std::thread::sleep(Duration::from_micros(500));
+    };
+    r.last_done = Some(Instant::now());
+    Ok(found.map(|(ready, signal)| ReadyHup {
+        hup_to_ready: (ready as f64 - hup_ns as f64) / 1e6,
+        hup_to_signal: (signal as f64 - hup_ns as f64) / 1e6,
+    }))
+}
+
+/// The time of the first stamp in `path` that `wanted` accepts.
+fn stamp_where(path: &Path, wanted: impl Fn(i32, u64) -> bool) -> Option<u64> {
+    read_stamps(path)
+        .into_iter()
+        .find_map(|(pid, ns)| wanted(pid, ns).then_some(ns))
+}
+
+/// Runs `start_server --restart` against `instance` (its stderr to the log
+/// `tag`): its wall time and when (polled every 0.5 ms) the status file
+/// first listed only a generation newer than `before`, or why it failed.
+fn restart_client(
+    setup: &Setup,
+    instance: &Instance,
+    tag: &str,
+    before: u64,
+) -> Result<(Duration, Option<Duration>), String> {
+    let log_path = setup.log(tag);
+    let log = std::fs::File::create(&log_path).map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut client = std::process::Command::new(setup.binary(instance.who))
+        .arg("--restart")
+        .arg(format!("--pid-file={}", instance.pid_file.display()))
+        .arg(format!("--status-file={}", instance.status_file.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log)
+        .spawn()
+        .map_err(|e| format!("--restart: {e}"))?;
+    let mut listed = None;
+    loop {
+        if listed.is_none() && instance.single_generation().is_some_and(|g| g.0 > before) {
+            listed = Some(start.elapsed());
+        }
+        match client.try_wait() {
+            Ok(Some(status)) if status.success() => return Ok((start.elapsed(), listed)),
+            Ok(Some(status)) => {
+                let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+                let said = said.lines().rev().find(|l| !l.trim().is_empty());
+                return Err(format!(
+                    "`--restart`: {status}, saying \"{}\"",
+                    said.unwrap_or("").trim()
+                ));
+            }
+            Ok(None) if start.elapsed() < Duration::from_secs(15) => {
+                std::thread::sleep(Duration::from_micros(500));
+            }
+            _ => {
+                let _ = client.kill();
+                let _ = client.wait();
+                return Err("`--restart` did not return in 15 s".to_string());
+            }
+        }
+    }
 }
