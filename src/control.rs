@@ -20,6 +20,10 @@ use crate::status;
 /// the switch well under a second after it happens, cheap (one small read).
 const POLL: Duration = Duration::from_millis(10);
 
+/// How long `--stop` waits for the supervisor to exit: generous, since
+/// workers may take long to drain (`--signal-timeout` bounds that).
+const STOP_DEADLINE: Duration = Duration::from_secs(300);
+
 /// The pid in the file, if a running start_server holds it: the file is
 /// locked, and the process it names has the file open.
 fn running_pid(pid_file: &Path) -> Result<i32> {
@@ -91,7 +95,8 @@ pub fn restart(client: &Client) -> Result<()> {
     }
 }
 
-/// Sends TERM and waits on the pid file's lock until the server is gone.
+/// Sends TERM and waits on the pid file's lock until the server is gone,
+/// at most [`STOP_DEADLINE`].
 pub fn stop(client: &Client) -> Result<()> {
     let Some(pid_file) = &client.pid_file else {
         bail!("--stop option requires --pid-file to be set as well");
@@ -103,5 +108,11 @@ pub fn stop(client: &Client) -> Result<()> {
     ));
     kill(Pid::from_raw(pid), Signal::SIGTERM)
         .with_context(|| format!("failed to send SIGTERM to the server process (pid:{pid})"))?;
-    pidfile::wait_unlocked(pid_file)
+    if !pidfile::wait_unlocked(pid_file, STOP_DEADLINE)? {
+        bail!(
+            "start_server (pid:{pid}) is still running after {} s",
+            STOP_DEADLINE.as_secs()
+        );
+    }
+    Ok(())
 }
