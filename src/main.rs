@@ -15,6 +15,7 @@ mod lifecycle;
 mod listen;
 mod log;
 mod pidfile;
+mod progress;
 mod settings;
 mod signals;
 #[cfg(test)]
