@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use crate::progress::Progress;
 use crate::settings::{Seconds, Settings};
 
 /// Monotonic time since the supervisor started.
@@ -127,6 +128,8 @@ pub enum Action {
     WriteStatus(Vec<(u64, i32)>),
     /// Every worker is gone after TERM or INT: tear down and exit.
     Exit,
+    /// Tell `--restart` clients how the start in progress goes.
+    Progress(Progress),
 }
 
 /// A worker process and the generation it was started as.
@@ -562,6 +565,7 @@ impl Lifecycle {
         if let Some(failure) = &failure {
             log(out, failure.clone());
         }
+        out.push(Action::Progress(Progress::Attempt { generation, pid }));
         let deadline = self
             .config
             .readiness
@@ -653,6 +657,11 @@ impl Lifecycle {
                     reason: start.reason,
                     phase: Phase::Waiting { not_before },
                 });
+                out.push(Action::Progress(Progress::Failed {
+                    generation: attempt.worker.generation,
+                    pid: attempt.worker.pid,
+                    status,
+                }));
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
         }
@@ -720,6 +729,10 @@ impl Lifecycle {
         self.current = Some(worker);
         self.last_restart = now;
         self.write_status(out);
+        out.push(Action::Progress(Progress::Current {
+            generation: worker.generation,
+            pid: worker.pid,
+        }));
         if reason != Reason::Restart {
             return;
         }
@@ -1043,5 +1056,70 @@ mod tests {
         }));
         c.step(Event::Stop(Stop::Term), ms(6001));
         assert_eq!(c.stopping().map(<[Worker]>::len), Some(2));
+    }
+
+    fn progress(actions: &[Action]) -> Vec<Progress> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Progress(p) => Some(*p),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_restart_reports_each_attempt_its_failure_and_the_new_current() {
+        let mut c = core(1000);
+        c.step(Event::Tick, ms(0));
+        let spawned = |pid| Event::Spawned { pid, failure: None };
+        assert_eq!(
+            progress(&c.step(spawned(10), ms(0))),
+            [Progress::Attempt {
+                generation: 1,
+                pid: 10
+            }]
+        );
+        assert_eq!(
+            progress(&c.step(Event::Tick, ms(1000))),
+            [Progress::Current {
+                generation: 1,
+                pid: 10
+            }]
+        );
+        c.step(Event::Hup, ms(2000));
+        c.step(Event::Tick, ms(2000));
+        c.step(spawned(11), ms(2000));
+        c.step(
+            Event::ChildExited {
+                pid: 11,
+                status: 256,
+            },
+            ms(2500),
+        );
+        let actions = c.step(Event::Tick, ms(3000));
+        assert_eq!(
+            progress(&actions),
+            [Progress::Failed {
+                generation: 2,
+                pid: 11,
+                status: 256
+            }]
+        );
+        assert_eq!(actions.last(), Some(&Action::Spawn { generation: 3 }));
+        assert_eq!(
+            progress(&c.step(spawned(12), ms(3000))),
+            [Progress::Attempt {
+                generation: 3,
+                pid: 12
+            }]
+        );
+        assert_eq!(
+            progress(&c.step(Event::Tick, ms(4000))),
+            [Progress::Current {
+                generation: 3,
+                pid: 12
+            }]
+        );
     }
 }

@@ -16,6 +16,7 @@ mod listen;
 mod log;
 mod notify;
 mod pidfile;
+mod progress;
 mod settings;
 mod signals;
 #[cfg(test)]

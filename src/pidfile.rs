@@ -12,6 +12,7 @@ use std::mem::ManuallyDrop;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
@@ -68,22 +69,28 @@ pub fn is_locked(path: &Path) -> Result<bool> {
     }
 }
 
-/// Waits until nobody holds the lock of the file at `path`.
-pub fn wait_unlocked(path: &Path) -> Result<()> {
-    let mut file = match File::open(path) {
-        Ok(f) => f,
-        // Removed: the server is gone (it unlinks before it unlocks).
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e).with_context(|| format!("failed to open file:{}", path.display())),
-    };
+/// Waits until nobody holds the lock of the file at `path`, at most
+/// `bound`: whether it was released. Polls, since flock(2) has no timeout;
+/// every 10 ms, so that `--stop` returns promptly.
+pub fn wait_unlocked(path: &Path, bound: Duration) -> Result<bool> {
+    let deadline = Instant::now() + bound;
     loop {
-        match Flock::lock(file, FlockArg::LockShared) {
-            Ok(_) => return Ok(()),
-            Err((again, Errno::EINTR)) => file = again,
-            Err((_, e)) => {
-                return Err(e).with_context(|| format!("flock failed({})", path.display()));
+        match is_locked(path) {
+            Ok(false) => return Ok(true),
+            Ok(true) => {}
+            // Removed: the server is gone (it unlinks before it unlocks).
+            Err(e)
+                if e.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::NotFound) =>
+            {
+                return Ok(true);
             }
+            Err(e) => return Err(e),
         }
+        if Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -165,5 +172,22 @@ impl Drop for PidFile {
             }
         }
         // The lock goes with the descriptor, after the unlink.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn waiting_for_the_lock_is_bounded() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pid");
+        let held = PidFile::lock(&path).expect("lock");
+        let before = Instant::now();
+        assert!(!wait_unlocked(&path, Duration::from_millis(50)).expect("wait"));
+        assert!(before.elapsed() >= Duration::from_millis(50));
+        drop(held);
+        assert!(wait_unlocked(&path, Duration::from_millis(50)).expect("wait"));
     }
 }

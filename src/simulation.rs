@@ -865,7 +865,7 @@ impl World {
                     self.feed(answer)?;
                 }
                 Action::Exit => self.exit_seen = true,
-                Action::Log(_) | Action::WriteStatus(_) => {}
+                Action::Log(_) | Action::WriteStatus(_) | Action::Progress(_) => {}
             }
         }
         Ok(())
@@ -1070,6 +1070,7 @@ impl World {
                         "Exit not right after `exiting`: {actions:?}"
                     );
                 }
+                Action::Progress(_) => {}
             }
         }
         let stopping = self.core.stopping().is_some();
@@ -1618,6 +1619,7 @@ fn show_action(action: &Action) -> String {
             format!("WriteStatus [{}]", lines.join(" "))
         }
         Action::Exit => "Exit".to_string(),
+        Action::Progress(progress) => format!("Progress {progress}"),
     }
 }
 
@@ -1911,6 +1913,8 @@ impl World {
         self.actions
             .iter()
             .filter(|(at, _)| *at >= ms(from_ms))
+            // Progress for `--restart` clients is tested in lifecycle.rs.
+            .filter(|(_, a)| !matches!(a, Action::Progress(_)))
             .map(|(at, a)| format!("{:.3} {}", at.as_secs_f64(), show_action(a)))
             .collect()
     }

@@ -36,6 +36,7 @@ use crate::listen::{self, Sockets};
 use crate::log::{self, LogWriter};
 use crate::notify::{Message, Notifier};
 use crate::pidfile::PidFile;
+use crate::progress;
 use crate::settings;
 use crate::signals::{SignalName, SignalQueue};
 use crate::spawn::spawn_worker;
@@ -154,6 +155,9 @@ struct Supervisor {
     notifier: Option<Notifier>,
     /// Released last, at exit: `--stop` waits on its lock.
     pid_file: Option<PidFile>,
+    /// What `--restart` clients listen to; without it they read the
+    /// status file.
+    progress: Option<progress::Channel>,
 }
 
 fn sig(name: &SignalName) -> Sig {
@@ -168,7 +172,7 @@ impl Supervisor {
         config: Config,
         sockets: Sockets,
         signals: SignalQueue,
-        log: LogWriter,
+        mut log: LogWriter,
         pid_file: Option<PidFile>,
         notifier: Option<Notifier>,
     ) -> Supervisor {
@@ -196,6 +200,10 @@ impl Supervisor {
             }),
         };
         let settings = settings::read(&base_env);
+        // Survived: a client without the channel falls back to the status file.
+        let progress = progress::Channel::bind()
+            .inspect_err(|e| log.line(&format!("failed to listen for --restart clients: {e}")))
+            .ok();
         let mut supervisor = Supervisor {
             core: Lifecycle::new(core_config, settings, Time::ZERO),
             clock: Instant::now(),
@@ -211,6 +219,7 @@ impl Supervisor {
             sockets,
             notifier,
             pid_file,
+            progress,
         };
         supervisor.reload_env();
         supervisor
@@ -228,6 +237,10 @@ impl Supervisor {
             // Drain before reaping: a SIGCHLD arriving after the drain
             // leaves a byte in the pipe, so the next poll cannot miss it.
             let pending = self.signals.drain();
+            // Before the HUP: a client connects, then signals.
+            if let Some(progress) = &mut self.progress {
+                progress.accept_clients();
+            }
             // First, so that the lines and workers of this turn (a HUP
             // sent with the USR1) go to the new file. Never forwarded.
             if pending.usr1 {
@@ -285,6 +298,11 @@ impl Supervisor {
                     }
                 }
                 Action::WriteStatus(entries) => self.write_status(&entries),
+                Action::Progress(progress) => {
+                    if let Some(channel) = &mut self.progress {
+                        channel.send(&progress);
+                    }
+                }
                 Action::Exit => {}
             }
         }
@@ -404,6 +422,9 @@ impl Supervisor {
             }
         };
         let mut fds = vec![PollFd::new(self.signals.fd(), PollFlags::POLLIN)];
+        if let Some(progress) = &self.progress {
+            fds.push(PollFd::new(progress.fd(), PollFlags::POLLIN));
+        }
         if let Some(fd) = self.envdir_watch.as_ref().and_then(|w| w.fd()) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }

@@ -235,6 +235,12 @@ pub const ALL: &[Difference] = &[
         reconcile: restart_client_failed_start,
     },
     Difference {
+        id: "restart-client-gives-up",
+        title: "--restart fails after three failed starts in a row",
+        everywhere: false,
+        reconcile: restart_client_gives_up,
+    },
+    Difference {
         id: "client-checks-lock",
         title: "--stop and --restart signal only a start_server that holds the pid file",
         everywhere: false,
@@ -1221,6 +1227,29 @@ fn restart_client_failed_start(reference: &mut Record, ours: &mut Record) -> Che
     for r in [reference, ours] {
         r.clients[0].end = "<compared as documented difference>".to_string();
     }
+    Ok(())
+}
+
+fn restart_client_gives_up(reference: &mut Record, ours: &mut Record) -> Check {
+    // Every new generation fails its start check; the old one serves on.
+    let (rc, oc) = client_pair(reference, ours)?;
+    ensure(
+        rc.end.starts_with("still running") && rc.stderr.is_empty(),
+        || format!("reference --restart: {} {:?}", rc.end, rc.stderr),
+    )?;
+    ensure(
+        oc.end == "exit=1"
+            && oc.stderr.len() == 1
+            && has_line(&oc.stderr, "failed to start 3 times in a row")
+            && has_line(&oc.stderr, "the old generation keeps serving"),
+        || format!("our --restart: {} {:?}", oc.end, oc.stderr),
+    )?;
+    for r in [&mut *reference, &mut *ours] {
+        r.clients[0].end = "<compared as documented difference>".to_string();
+        r.clients[0].stderr.clear();
+    }
+    // Ours gave up sooner, so the two saw a different number of attempts.
+    replace_course(reference, ours, "restart-client-gives-up");
     Ok(())
 }
 

@@ -689,6 +689,19 @@ pub fn clients() -> Vec<Scenario> {
             ])
             .steps(stop())
             .differs(&["restart-client-failed-start"]),
+        quiet_app("restart_client_gives_up", &["--envdir={ENVDIR}"])
+            .envdir(&[])
+            .steps([
+                Status(&[1]),
+                EnvSet("TW_FAIL_IF_GEN_BELOW", "100"),
+                client(
+                    &["--restart", "--pid-file={PID}", "--status-file={STATUS}"],
+                    secs(6),
+                ),
+                Status(&[1]),
+            ])
+            .steps(stop())
+            .differs(&["restart-client-gives-up"]),
         standard("restart_client_needs_both_files", &[])
             .steps([
                 Status(&[1]),

@@ -1,6 +1,7 @@
 //! Client modes (SPEC section 6): `--restart` and `--stop`, and their errors.
 
 use std::fs;
+use std::os::unix::fs::FileTypeExt;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -118,6 +119,165 @@ fn restart_does_not_hang_when_generations_fail_to_start() {
         srv.describe()
     );
     srv.wait_signal(old.pid, "TERM");
+}
+
+/// A server whose new generations fail their start check while `TW_FAIL_IF_GEN_BELOW`
+/// in `env/` says so; returns it with the envdir.
+fn server_with_envdir(sb: &Sandbox) -> (Server<'_>, std::path::PathBuf) {
+    let envdir = sb.path("env");
+    fs::create_dir(&envdir).expect("mkdir");
+    let srv = sb
+        .server()
+        .interval("1")
+        .arg(format!("--envdir={}", envdir.display()))
+        .spawn();
+    (srv, envdir)
+}
+
+/// The `start_server/PID` names in /proc/net/unix (abstract: `@`).
+fn abstract_names(pid: i32) -> usize {
+    let table = fs::read_to_string("/proc/net/unix").expect("read /proc/net/unix");
+    let name = format!("@start_server/{pid}");
+    table
+        .lines()
+        .filter(|l| l.split_whitespace().nth(7) == Some(name.as_str()))
+        .count()
+}
+
+#[test]
+fn restart_gives_up_after_three_failed_starts_and_the_old_generation_serves() {
+    // SPEC section 8: the reference waits forever.
+    let sb = Sandbox::new();
+    let (srv, envdir) = server_with_envdir(&sb);
+    let old = srv.wait_current(1);
+    fs::write(envdir.join("TW_FAIL_IF_GEN_BELOW"), "100\n").expect("write");
+    let started = Instant::now();
+    let out = srv
+        .client(restart_args(&sb))
+        .finish(Duration::from_secs(20));
+    assert!(!out.status.success(), "{}", out.describe());
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", out.describe());
+    assert!(
+        lines[0].starts_with(
+            "start_server: the new generation failed to start 3 times in a row (last: worker "
+        ) && lines[0].ends_with(", exit status:256); the old generation keeps serving"),
+        "{}",
+        out.describe()
+    );
+    srv.wait_serving(old.pid);
+    assert_eq!(sb.status_lines(), Some(vec![(1, old.pid)]));
+    assert!(sb.signals_of(old.pid).is_empty());
+    // The supervisor keeps trying; a fix deployed later is picked up.
+    fs::remove_file(envdir.join("TW_FAIL_IF_GEN_BELOW")).expect("rm");
+    let out = srv.client(restart_args(&sb)).finish(TIMEOUT);
+    out.assert_success();
+    assert_eq!(out.stderr, "", "{}", out.describe());
+}
+
+#[test]
+fn restart_succeeds_when_a_start_fails_once_then_succeeds() {
+    let sb = Sandbox::new();
+    let (srv, envdir) = server_with_envdir(&sb);
+    let old = srv.wait_current(1);
+    fs::write(envdir.join("TW_FAIL_IF_GEN_BELOW"), "3\n").expect("write");
+    let out = srv.client(restart_args(&sb)).finish(TIMEOUT);
+    out.assert_success();
+    // Not a terminal: silent, as the reference.
+    assert_eq!(out.stderr, "", "{}", out.describe());
+    let third = srv.wait_current(3);
+    srv.wait_serving(third.pid);
+    srv.wait_signal(old.pid, "TERM");
+}
+
+#[test]
+fn restart_fails_when_the_supervisor_goes_away() {
+    let sb = Sandbox::new();
+    let (srv, envdir) = server_with_envdir(&sb);
+    srv.wait_current(1);
+    fs::write(envdir.join("TW_FAIL_IF_GEN_BELOW"), "100\n").expect("write");
+    let client = srv.client(restart_args(&sb));
+    srv.wait_output_count("starting new worker", 2);
+    send_signal(srv.pid(), Signal::SIGKILL);
+    let out = client.finish(TIMEOUT);
+    assert!(!out.status.success(), "{}", out.describe());
+    assert_eq!(
+        out.stderr,
+        format!(
+            "start_server: start_server (pid:{}) exited before the restart completed\n",
+            srv.pid()
+        ),
+        "{}",
+        out.describe()
+    );
+}
+
+#[test]
+fn the_progress_channel_lives_and_goes_with_the_supervisor() {
+    let sb = Sandbox::new();
+    let srv = sb.server().spawn();
+    srv.wait_current(1);
+    assert_eq!(abstract_names(srv.pid()), 1, "{}", srv.describe());
+    srv.client(stop_args(&sb)).finish(TIMEOUT).assert_success();
+    srv.wait_exit(TIMEOUT);
+    assert_eq!(abstract_names(srv.pid()), 0);
+    // Nothing of the channel in the filesystem, before or after.
+    let sockets: Vec<_> = fs::read_dir(sb.dir())
+        .expect("ls")
+        .map(|e| e.expect("entry"))
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_socket()))
+        .map(|e| e.file_name())
+        .collect();
+    assert!(sockets.is_empty(), "{sockets:?}");
+}
+
+#[test]
+fn restart_against_the_perl_reference_reads_the_status_file_needs_reference() {
+    let reference = std::path::Path::new("/usr/bin/start_server");
+    if !reference.exists() {
+        skip("the Perl reference /usr/bin/start_server is not installed");
+        return;
+    }
+    let sb = Sandbox::new();
+    let script = format!("shift; exec {} \"$@\"", reference.display());
+    let srv = sb
+        .server()
+        .interval("1")
+        .wrapper(["/bin/sh", "-c", &script, "sh"])
+        .spawn();
+    let old = srv.wait_current(1);
+    let ours = env!("CARGO_BIN_EXE_start_server");
+    let mut client = Command::new(ours)
+        .args(restart_args(&sb))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn --restart");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = client.try_wait().expect("try_wait") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = client.kill();
+            let _ = client.wait();
+            panic!(
+                "--restart against the reference did not return\n{}",
+                srv.describe()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut client.stderr.take().expect("stderr"), &mut stderr)
+        .expect("read stderr");
+    assert!(status.success(), "{status}: {stderr}\n{}", srv.describe());
+    assert_eq!(stderr, "");
+    let lines = sb.status_lines().expect("status file");
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].0 > 1 && lines[0].1 != old.pid, "{lines:?}");
 }
 
 #[test]
