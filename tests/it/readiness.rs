@@ -191,3 +191,136 @@ fn without_notify_ready_notify_socket_is_passed_through_unchanged() {
     );
     srv.stop();
 }
+
+/// Sends `state` to the notify socket at `path` as another user (nobody),
+/// from a forked child that makes only raw system calls.
+fn notify_as_nobody(path: &str, state: &str) -> i32 {
+    use std::os::unix::ffi::OsStrExt;
+    // Everything the child needs is built before the fork.
+    // SAFETY: a zeroed sockaddr_un is a valid value.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (dst, src) in addr
+        .sun_path
+        .iter_mut()
+        .zip(std::ffi::OsStr::new(path).as_bytes())
+    {
+        *dst = *src as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
+    let bytes = state.as_bytes().to_vec();
+    // SAFETY: the child only makes async-signal-safe system calls (setgid,
+    // setuid, socket, sendto, _exit) on memory prepared above.
+    unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            let code = if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
+                2
+            } else {
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM, 0);
+                let sent = libc::sendto(
+                    fd,
+                    bytes.as_ptr().cast(),
+                    bytes.len(),
+                    0,
+                    (&raw const addr).cast(),
+                    len,
+                );
+                if sent < 0 { 1 } else { 0 }
+            };
+            libc::_exit(code);
+        }
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        libc::WEXITSTATUS(status)
+    }
+}
+
+#[test]
+fn ready_from_another_user_is_not_heard_and_passed_fds_are_closed() {
+    use nix::sys::socket::{
+        AddressFamily, ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr, sendmsg, socket,
+    };
+    use std::io::{IoSlice, Read};
+    use std::os::fd::AsRawFd;
+
+    let sb = Sandbox::new();
+    let run = runtime_dir(&sb);
+    // The test worker sends nothing: this test speaks for it.
+    let srv = sb
+        .server()
+        .args(["--notify-ready", "--notify-timeout=0"])
+        .env("RUNTIME_DIRECTORY", &run)
+        .spawn();
+    let worker = srv.wait_worker(1);
+    let socket_path = sb
+        .worker_env(worker.pid)
+        .get("NOTIFY_SOCKET")
+        .cloned()
+        .unwrap_or_else(|| panic!("no NOTIFY_SOCKET\n{}", srv.describe()));
+
+    // Another user cannot reach the socket (its directory is ours alone).
+    if running_as_root() {
+        assert_ne!(
+            notify_as_nobody(&socket_path, "READY=1"),
+            2,
+            "setuid failed"
+        );
+    }
+
+    // A descriptor passed along with a notification is closed at once: the
+    // write end of a pipe sent there, closed here, leaves the read end at
+    // end of file only once start_server has closed its copy too.
+    let (read_end, write_end) = nix::unistd::pipe().expect("pipe");
+    let sender = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    let to = UnixAddr::new(socket_path.as_str()).expect("socket address");
+    let fds = [write_end.as_raw_fd()];
+    sendmsg(
+        sender.as_raw_fd(),
+        &[IoSlice::new(b"STATUS=starting")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        Some(&to),
+    )
+    .expect("sendmsg with a descriptor");
+    drop(write_end);
+    let mut reader = std::fs::File::from(read_end);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1];
+        let _ = tx.send(reader.read(&mut buf).map_err(|e| e.to_string()));
+    });
+    match rx.recv_timeout(TIMEOUT) {
+        Ok(Ok(0)) => {}
+        other => panic!(
+            "the passed descriptor was not closed: {other:?}\n{}",
+            srv.describe()
+        ),
+    }
+
+    // Neither made the generation current; READY=1 from us (its user) does.
+    assert_eq!(sb.status_lines(), None, "{}", srv.describe());
+    let ready = socket(
+        AddressFamily::Unix,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .expect("socket");
+    sendmsg::<UnixAddr>(
+        ready.as_raw_fd(),
+        &[IoSlice::new(b"READY=1")],
+        &[],
+        MsgFlags::empty(),
+        Some(&to),
+    )
+    .expect("send READY=1");
+    srv.wait_current(1);
+    srv.stop();
+}
