@@ -134,6 +134,12 @@ fn a_symlink_at_the_status_files_name_is_replaced_not_followed() {
     fs::write(&victim, VICTIM_TEXT).expect("write");
     std::os::unix::fs::symlink(&victim, sb.status_file()).expect("symlink");
     let srv = sb.server().spawn();
+    // Until the first write, the status file's name still leads to the
+    // victim's text, which is no status line: wait for the replacement
+    // before reading the status file.
+    srv.wait_for("the status file to replace the symlink", || {
+        fs::symlink_metadata(sb.status_file()).is_ok_and(|m| m.file_type().is_file())
+    });
     let worker = srv.wait_current(1);
     let meta = fs::symlink_metadata(sb.status_file()).expect("status file");
     assert!(meta.file_type().is_file(), "{}", srv.describe());
