@@ -101,7 +101,7 @@ const PARENT_CHECK_PERIOD: Duration = Duration::from_millis(100);
 const NOTIFY_CHILD_VAR: &str = "TW_NOTIFY_CHILD";
 
 // The Rust runtime sets SIGPIPE to ignored before `main`, which would hide
-// whether the supervisor handed it down ignored (SPEC section 3). A function
+// whether the supervisor handed it down ignored (docs/behaviour.md section 3). A function
 // in `.init_array` runs before the runtime's set-up, so it records the
 // disposition the worker was really exec'd with.
 const SIGPIPE_UNKNOWN: u8 = 0;

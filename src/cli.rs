@@ -419,7 +419,7 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
     };
 
     // These four are read back from the environment at every turn of the
-    // supervisor loop, so that an envdir can change them (SPEC 1).
+    // supervisor loop, so that an envdir can change them (docs/behaviour.md section 1).
     let mut exports = Vec::new();
     if let Some(dir) = parsed.last("envdir") {
         exports.push(("ENVDIR", dir.to_os_string()));
@@ -824,7 +824,7 @@ mod tests {
         ])
     }
 
-    /// Fractional seconds are our one deliberate extension (SPEC 8).
+    /// Fractional seconds are our one deliberate extension (docs/behaviour.md section 8).
     fn is_fraction(word: &str) -> bool {
         let v = word.rsplit('=').next().unwrap_or(word);
         v.contains('.') && normalize_number(v).is_some()

@@ -81,7 +81,7 @@ impl ListenSpec {
         }
     }
 
-    /// Parses every `--port` form of SPEC section 2: `80`, `host:80`,
+    /// Parses every `--port` form of docs/behaviour.md section 2: `80`, `host:80`,
     /// `[v6]:80`, a `u` before the port for UDP, `=N` after it to pin the
     /// descriptor. White space around the parts is tolerated.
     pub fn parse_port(spec: &str) -> Result<ListenSpec> {

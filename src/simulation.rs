@@ -86,7 +86,7 @@
 //!   spawn plus the timeout, moved by `Extend`) without a KILL; a KILL
 //!   goes to it only then, once, right after its `did not send READY=1`
 //!   line.
-//! - "log lines": every line is one of SPEC section 4's.
+//! - "log lines": every line is one of docs/behaviour.md section 4's.
 //! - "no panic": the core never panics.
 //!
 //! `SIM_CASES=N` runs N cases instead of 10,000; `SIM_SEED=S` starts at
@@ -113,7 +113,7 @@ const STRANGER: i32 = 7;
 /// A worker whose exec failed exits with 255: `$?` is 255 << 8.
 const EXEC_FAILED_STATUS: i32 = 255 << 8;
 
-/// Every line the core may log (SPEC section 4), `{}` standing for text.
+/// Every line the core may log (docs/behaviour.md section 4), `{}` standing for text.
 const LOG_LINES: &[&str] = &[
     "received HUP, spawning a new worker",
     "autorestart triggered (interval={})",

@@ -62,7 +62,7 @@ pub fn run(config: Config) -> Result<()> {
     Ok(())
 }
 
-/// Everything before the loop, in the order SPEC section 5 gives. Returns
+/// Everything before the loop, in the order docs/behaviour.md section 5 gives. Returns
 /// only in the process that supervises (after `--daemonize`, the daemon).
 fn set_up(config: Config) -> Result<Supervisor> {
     let mut held = SigSet::empty();

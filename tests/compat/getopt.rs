@@ -312,7 +312,7 @@ struct Outcome {
     output: String,
 }
 
-/// Variables the options export to workers (SPEC section 1).
+/// Variables the options export to workers (docs/behaviour.md section 1).
 const EXPORTED: &[&str] = &[
     "ENVDIR",
     "ENABLE_AUTO_RESTART",
@@ -433,7 +433,7 @@ fn run_case(side: Side, case: &Case) -> Outcome {
     if accepted {
         config.push(format!("files={}", files.join(",")));
     } else if side == Side::Ours && !files.is_empty() {
-        // SPEC section 1: a refused command line creates nothing.
+        // docs/behaviour.md section 1: a refused command line creates nothing.
         config.push(format!(
             "files left behind by a refusal: {}",
             files.join(",")

@@ -70,7 +70,7 @@ pub fn all() -> Vec<Scenario> {
     .concat()
 }
 
-/// `--port` and `--path` forms (SPEC section 2).
+/// `--port` and `--path` forms (docs/behaviour.md section 2).
 pub fn sockets() -> Vec<Scenario> {
     let plain = |name, args: &[&'static str]| {
         let mut all = vec!["--interval=1", "--status-file={STATUS}"];
@@ -159,7 +159,7 @@ pub fn sockets() -> Vec<Scenario> {
     ]
 }
 
-/// Starting workers (SPEC section 3).
+/// Starting workers (docs/behaviour.md section 3).
 pub fn workers() -> Vec<Scenario> {
     vec![
         standard("dir", &["--dir={T}/wd"])
@@ -247,7 +247,7 @@ pub fn workers() -> Vec<Scenario> {
     ]
 }
 
-/// Restarts: HUP, failures, crashes, delays (SPEC section 4).
+/// Restarts: HUP, failures, crashes, delays (docs/behaviour.md section 4).
 pub fn restarts() -> Vec<Scenario> {
     vec![
         standard("restart_by_hup", &[]).steps([
@@ -501,7 +501,7 @@ fn status_sort_steps() -> Vec<Step> {
     steps
 }
 
-/// Shutting down (SPEC section 4).
+/// Shutting down (docs/behaviour.md section 4).
 pub fn shutdown() -> Vec<Scenario> {
     vec![
         standard("shutdown_by_term", &[]).steps(up_and_stop()),
@@ -582,7 +582,7 @@ pub fn shutdown() -> Vec<Scenario> {
     ]
 }
 
-/// Status file, pid file, log file, daemon (SPEC section 5).
+/// Status file, pid file, log file, daemon (docs/behaviour.md section 5).
 pub fn files() -> Vec<Scenario> {
     vec![
         standard("status_file_unwritable", &[])
@@ -663,7 +663,7 @@ pub fn files() -> Vec<Scenario> {
     ]
 }
 
-/// `--restart` and `--stop` (SPEC section 6).
+/// `--restart` and `--stop` (docs/behaviour.md section 6).
 pub fn clients() -> Vec<Scenario> {
     vec![
         standard("restart_client", &[])
@@ -754,7 +754,7 @@ pub fn clients() -> Vec<Scenario> {
     ]
 }
 
-/// The envdir (SPEC sections 1 and 3).
+/// The envdir (docs/behaviour.md sections 1 and 3).
 pub fn envdir() -> Vec<Scenario> {
     vec![
         standard("envdir_at_start", &["--envdir={ENVDIR}"])

@@ -1,4 +1,4 @@
-//! Automatic restarts (SPEC section 4, step 5), switched on by option or
+//! Automatic restarts (docs/behaviour.md section 4, step 5), switched on by option or
 //! through the envdir.
 
 use std::fs;
@@ -45,7 +45,7 @@ fn auto_restart_is_forced_when_old_workers_linger() {
 
 #[test]
 fn auto_restart_switched_on_later_through_the_envdir() {
-    // SPEC section 8: the reference ignores ENABLE_AUTO_RESTART written into
+    // docs/behaviour.md section 8: the reference ignores ENABLE_AUTO_RESTART written into
     // the envdir after start-up until something else wakes it up.
     let sb = Sandbox::new();
     let envdir = sb.path("env");

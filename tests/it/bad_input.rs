@@ -1,4 +1,4 @@
-//! Bad input (SPEC sections 1, 2, 5 and 6): tables of command lines
+//! Bad input (docs/behaviour.md sections 1, 2, 5 and 6): tables of command lines
 //! start_server cannot act on. Each case names what it gives and the words
 //! its error line must contain (the bad value and the reason); the runner
 //! checks the one-line error, the exit status, and that the sandbox is left
@@ -928,7 +928,7 @@ fn client_modes_refuse_unusable_pid_files_without_signalling_anyone() {
 
 #[test]
 fn pinning_onto_a_descriptor_another_of_our_sockets_holds_moves_that_socket() {
-    // SPEC section 2: a pin landing on a descriptor of ours moves ours out
+    // docs/behaviour.md section 2: a pin landing on a descriptor of ours moves ours out
     // of the way. Without pid, status or log file, the first socket gets
     // descriptor 3; the second is pinned there.
     let sb = Sandbox::new();
@@ -976,7 +976,7 @@ fn a_pin_at_the_largest_descriptor_number_is_an_error_not_a_crash() {
 
 #[test]
 fn stop_refuses_a_locked_pid_file_that_names_another_process() {
-    // SPEC section 6: never a signal to a wrong process. Here some process
+    // docs/behaviour.md section 6: never a signal to a wrong process. Here some process
     // holds the pid file's lock, but the pid the file names is another one,
     // which must not be signalled.
     let sb = Sandbox::new();
@@ -1017,7 +1017,7 @@ fn stop_refuses_a_locked_pid_file_that_names_another_process() {
 
 #[test]
 fn brackets_around_anything_but_an_address_are_an_invalid_port() {
-    // SPEC section 2: brackets hold an IPv6 or IPv4 address; any other form
+    // docs/behaviour.md section 2: brackets hold an IPv6 or IPv4 address; any other form
     // is an `invalid port` error naming the value (the reference's pattern
     // refuses `[]]:N` too).
     run_cases(vec![case("port: ] in brackets", Outcome::Exits, |sb| {

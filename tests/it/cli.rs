@@ -1,4 +1,4 @@
-//! Command-line parsing (SPEC section 1): Getopt::Long compatibility, usage
+//! Command-line parsing (docs/behaviour.md section 1): Getopt::Long compatibility, usage
 //! errors, `--help` and `--version`.
 
 use std::ffi::OsString;
@@ -348,7 +348,7 @@ fn posixly_correct_refuses_abbreviations() {
 
 #[test]
 fn unknown_signal_name_is_a_startup_error() {
-    // SPEC section 8: the reference accepts any name and dies at the first
+    // docs/behaviour.md section 8: the reference accepts any name and dies at the first
     // restart.
     for option in ["--signal-on-hup=FOO", "--signal-on-term=SIGBOGUS"] {
         let sb = Sandbox::new();
@@ -362,7 +362,7 @@ fn unknown_signal_name_is_a_startup_error() {
 
 #[test]
 fn fractional_seconds_are_accepted() {
-    // SPEC section 8 (extension): the reference takes whole seconds only.
+    // docs/behaviour.md section 8 (extension): the reference takes whole seconds only.
     let sb = Sandbox::new();
     let srv = sb
         .server()

@@ -1,4 +1,4 @@
-//! Client modes (SPEC section 6): `--restart` and `--stop`, and their errors.
+//! Client modes (docs/behaviour.md section 6): `--restart` and `--stop`, and their errors.
 
 use std::fs;
 use std::os::unix::fs::FileTypeExt;
@@ -77,7 +77,7 @@ fn restart_returns_once_the_new_generation_alone_is_running() {
 
 #[test]
 fn restart_notices_the_switch_promptly() {
-    // SPEC section 6: the reference polls once a second.
+    // docs/behaviour.md section 6: the reference polls once a second.
     let sb = Sandbox::new();
     let srv = sb.server().interval("1").spawn();
     let old = srv.wait_current(1);
@@ -97,7 +97,7 @@ fn restart_notices_the_switch_promptly() {
 
 #[test]
 fn restart_does_not_hang_when_generations_fail_to_start() {
-    // SPEC section 8: the reference waits for exactly the next generation
+    // docs/behaviour.md section 8: the reference waits for exactly the next generation
     // and hangs forever.
     let sb = Sandbox::new();
     let envdir = sb.path("env");
@@ -146,7 +146,7 @@ fn abstract_names(pid: i32) -> usize {
 
 #[test]
 fn restart_gives_up_after_three_failed_starts_and_the_old_generation_serves() {
-    // SPEC section 8: the reference waits forever.
+    // docs/behaviour.md section 8: the reference waits forever.
     let sb = Sandbox::new();
     let (srv, envdir) = server_with_envdir(&sb);
     let old = srv.wait_current(1);
@@ -331,7 +331,7 @@ fn restart_with_an_unreadable_status_file_fails() {
 
 #[test]
 fn restart_does_not_signal_a_process_that_is_not_start_server() {
-    // SPEC section 8: the reference signals whatever pid the file holds.
+    // docs/behaviour.md section 8: the reference signals whatever pid the file holds.
     let sb = Sandbox::new();
     let mut bystander = Bystander::start(&sb);
     fs::write(sb.pid_file(), format!("{}\n", bystander.pid())).expect("write");
@@ -442,7 +442,7 @@ fn stop_with_a_dead_pid_fails() {
 
 #[test]
 fn stop_does_not_signal_a_process_that_is_not_start_server() {
-    // SPEC section 8: the reference signals whatever pid the file holds.
+    // docs/behaviour.md section 8: the reference signals whatever pid the file holds.
     let sb = Sandbox::new();
     let mut bystander = Bystander::start(&sb);
     fs::write(sb.pid_file(), format!("{}\n", bystander.pid())).expect("write");

@@ -1,4 +1,4 @@
-//! `--daemonize` (SPEC section 5): detaching, the pid file, stdin, errors.
+//! `--daemonize` (docs/behaviour.md section 5): detaching, the pid file, stdin, errors.
 
 use std::fs;
 
@@ -46,7 +46,7 @@ fn daemonize_detaches_and_stop_ends_it() {
 
 #[test]
 fn daemonize_returns_only_once_the_pid_file_is_written() {
-    // SPEC section 8: the reference returns 0 at once.
+    // docs/behaviour.md section 8: the reference returns 0 at once.
     let sb = Sandbox::new();
     let launcher = sb.server().arg("--daemonize").spawn();
     let status = launcher.wait_exit(TIMEOUT);
@@ -61,7 +61,7 @@ fn daemonize_returns_only_once_the_pid_file_is_written() {
 
 #[test]
 fn daemonize_reports_a_daemon_failure_before_the_pid_file() {
-    // SPEC section 8: the reference exits 0 and leaves the error to the log.
+    // docs/behaviour.md section 8: the reference exits 0 and leaves the error to the log.
     let sb = Sandbox::new();
     let pid_file = sb.path("no/such/dir/pid");
     let launcher = sb

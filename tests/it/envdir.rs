@@ -1,4 +1,4 @@
-//! `--envdir` (SPEC sections 1 and 3): daemontools-style variables, re-read
+//! `--envdir` (docs/behaviour.md sections 1 and 3): daemontools-style variables, re-read
 //! for every generation.
 
 use std::fs;
@@ -77,7 +77,7 @@ fn a_variable_added_later_reaches_the_next_generation() {
 
 #[test]
 fn a_variable_removed_from_the_envdir_disappears() {
-    // SPEC section 8: the reference keeps a variable that was there at
+    // docs/behaviour.md section 8: the reference keeps a variable that was there at
     // start-up.
     let sb = Sandbox::new();
     let envdir = sb.path("env");
@@ -118,7 +118,7 @@ fn kill_old_delay_is_read_from_the_envdir() {
 
 #[test]
 fn each_start_attempt_reads_the_envdir() {
-    // SPEC section 3 ("read at that moment"): the reference reads the
+    // docs/behaviour.md section 3 ("read at that moment"): the reference reads the
     // envdir once per turn of its loop, so its retries after a failed start
     // never see a fix written into the envdir.
     let sb = Sandbox::new();

@@ -1,4 +1,4 @@
-//! Faults (SPEC sections 3 and 4): workers that fail, crash, linger or leave
+//! Faults (docs/behaviour.md sections 3 and 4): workers that fail, crash, linger or leave
 //! orphans; output and status files that cannot be written; signal storms.
 //! In each, start_server keeps serving and still shuts down cleanly.
 //!

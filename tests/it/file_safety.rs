@@ -1,4 +1,4 @@
-//! Files start_server does not own are safe (SPEC sections 2 and 5): the
+//! Files start_server does not own are safe (docs/behaviour.md sections 2 and 5): the
 //! status file's temp file is created exclusively next to it and never
 //! through a symlink; a pid or status file is not touched before
 //! start_server holds the lock and has set up; at exit only the socket

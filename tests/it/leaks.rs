@@ -1,4 +1,4 @@
-//! Leaks (SPEC sections 2 and 3): thousands of restarts leave the
+//! Leaks (docs/behaviour.md sections 2 and 3): thousands of restarts leave the
 //! supervisor's descriptor count and memory flat, and every worker starts
 //! with exactly stdio and the listening sockets, an empty signal mask and
 //! only SIGPIPE ignored.

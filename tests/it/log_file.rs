@@ -1,4 +1,4 @@
-//! `--log-file` (SPEC section 5): appending, what goes there and what stays
+//! `--log-file` (docs/behaviour.md section 5): appending, what goes there and what stays
 //! on the terminal, the `| command` form, reopening on SIGUSR1.
 
 use std::fs;

@@ -3,7 +3,7 @@
 //!
 //! `START_SERVER_BIN=/usr/bin/start_server cargo test --test it` runs the
 //! same suite against the Perl reference; the tests that pin the deliberate
-//! differences of SPEC section 8 say so in a comment and fail there.
+//! differences of docs/behaviour.md section 8 say so in a comment and fail there.
 //!
 //! A test named `..._needs_<what>` prints `skipped: <test>: <reason>` and
 //! passes where it cannot run; `START_SERVER_IT_NO_SKIP=1` makes it fail

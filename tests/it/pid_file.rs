@@ -1,4 +1,4 @@
-//! The pid file (SPEC section 5): content, lock, removal, second instances.
+//! The pid file (docs/behaviour.md section 5): content, lock, removal, second instances.
 
 use std::fs;
 
@@ -20,7 +20,7 @@ fn pid_file_holds_our_pid_under_an_exclusive_lock() {
 
 #[test]
 fn a_second_instance_with_the_same_pid_file_refuses_and_leaves_it_intact() {
-    // SPEC section 8: the reference truncates the file, then blocks on the
+    // docs/behaviour.md section 8: the reference truncates the file, then blocks on the
     // lock.
     let sb = Sandbox::new();
     let srv = sb.server().spawn();

@@ -1,4 +1,4 @@
-//! Restarts (SPEC section 4): on SIGHUP, after a crash; the order of the
+//! Restarts (docs/behaviour.md section 4): on SIGHUP, after a crash; the order of the
 //! switch, `--signal-on-hup`, `--kill-old-delay`, HUP coalescing, signals
 //! during the start check and the delay.
 
@@ -177,7 +177,7 @@ fn old_worker_keeps_serving_while_new_generations_fail() {
 
 #[test]
 fn hups_during_a_restart_cause_one_more_restart() {
-    // SPEC section 8: the reference restarts once per SIGHUP.
+    // docs/behaviour.md section 8: the reference restarts once per SIGHUP.
     let sb = Sandbox::new();
     let srv = sb.server().interval("1").spawn();
     srv.wait_current(1);
@@ -204,7 +204,7 @@ fn hups_during_a_restart_cause_one_more_restart() {
 
 #[test]
 fn hup_during_the_start_check_does_not_shorten_it() {
-    // SPEC section 8: in the reference the signal cuts the check short.
+    // docs/behaviour.md section 8: in the reference the signal cuts the check short.
     let sb = Sandbox::new();
     let srv = sb.server().interval("2").spawn();
     let old = srv.wait_current(1);
@@ -304,7 +304,7 @@ fn kill_old_delay_defaults_to_5_with_auto_restart() {
 
 #[test]
 fn term_during_the_kill_old_delay_shuts_down_promptly() {
-    // SPEC section 8: the reference waits for the delay to end.
+    // docs/behaviour.md section 8: the reference waits for the delay to end.
     let sb = Sandbox::new();
     let srv = sb.server().arg("--kill-old-delay=5").spawn();
     let old = srv.wait_current(1);
@@ -328,7 +328,7 @@ fn term_during_the_kill_old_delay_shuts_down_promptly() {
 
 #[test]
 fn a_signal_during_the_kill_old_delay_does_not_shorten_it() {
-    // SPEC section 8: in the reference any signal cuts a second off.
+    // docs/behaviour.md section 8: in the reference any signal cuts a second off.
     let sb = Sandbox::new();
     let srv = sb.server().arg("--kill-old-delay=2").spawn();
     let old = srv.wait_current(1);
@@ -379,7 +379,7 @@ fn a_worker_exiting_on_its_own_is_restarted_with_its_status_logged() {
 
 #[test]
 fn a_burst_of_hups_becomes_one_restart() {
-    // SPEC section 8: the reference restarts once per SIGHUP. Ours starts
+    // docs/behaviour.md section 8: the reference restarts once per SIGHUP. Ours starts
     // at the first HUP; the rest, arriving during its start check, make
     // one more restart after it, whose worker starts after the last HUP.
     let sb = Sandbox::new();

@@ -1,4 +1,4 @@
-//! Shutdown on SIGTERM and SIGINT (SPEC section 4): who gets which signal,
+//! Shutdown on SIGTERM and SIGINT (docs/behaviour.md section 4): who gets which signal,
 //! waiting for every worker, the log lines, the files removed.
 
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! `--port` (SPEC section 2): every form of the table, `=N` pinning,
+//! `--port` (docs/behaviour.md section 2): every form of the table, `=N` pinning,
 //! `SERVER_STARTER_PORT`, socket flags, bind errors.
 
 use std::net::{SocketAddr, TcpListener};
@@ -195,7 +195,7 @@ fn fd_pinning_to_stdin() {
 
 #[test]
 fn fd_pinning_to_the_sockets_own_number_keeps_it_open() {
-    // SPEC section 8: the reference closes the socket when N is the number
+    // docs/behaviour.md section 8: the reference closes the socket when N is the number
     // it already has. Without log, pid or status file, the first socket
     // gets the lowest free descriptor, 3.
     let sb = Sandbox::new();
@@ -214,7 +214,7 @@ fn fd_pinning_to_the_sockets_own_number_keeps_it_open() {
 
 #[test]
 fn fd_pinning_onto_internal_descriptors_moves_them_out_of_the_way() {
-    // SPEC section 2: with the log, pid and status files open, low numbers
+    // docs/behaviour.md section 2: with the log, pid and status files open, low numbers
     // may be ours; the sockets get them and ours keep working.
     let sb = Sandbox::new();
     let ports = [free_port(), free_port(), free_port()];
@@ -295,7 +295,7 @@ fn unresolvable_host_is_an_error_naming_it() {
 
 #[test]
 fn fd_pinning_to_stdout_or_stderr_is_refused() {
-    // SPEC section 8: the reference accepts =1 and =2.
+    // docs/behaviour.md section 8: the reference accepts =1 and =2.
     for n in [1, 2] {
         let sb = Sandbox::new();
         let out = sb
@@ -311,7 +311,7 @@ fn fd_pinning_to_stdout_or_stderr_is_refused() {
 
 #[test]
 fn fd_pinning_twice_to_the_same_number_is_refused() {
-    // SPEC section 8: the reference accepts it (the second socket wins).
+    // docs/behaviour.md section 8: the reference accepts it (the second socket wins).
     let sb = Sandbox::new();
     let out = sb
         .server()

@@ -1,4 +1,4 @@
-//! The status file (SPEC section 5): format, numeric order, atomic
+//! The status file (docs/behaviour.md section 5): format, numeric order, atomic
 //! replacement, removal, write failures.
 
 use std::fs;
@@ -19,7 +19,7 @@ fn status_file_holds_generation_colon_pid() {
 
 #[test]
 fn status_file_is_sorted_numerically() {
-    // SPEC section 8: the reference sorts as strings (10 before 9).
+    // docs/behaviour.md section 8: the reference sorts as strings (10 before 9).
     let sb = Sandbox::new();
     let srv = sb
         .server()
@@ -90,7 +90,7 @@ fn status_file_is_replaced_atomically() {
 
 #[test]
 fn a_failure_to_write_the_status_file_is_survived() {
-    // SPEC section 8: the reference dies, orphaning its workers.
+    // docs/behaviour.md section 8: the reference dies, orphaning its workers.
     let sb = Sandbox::new();
     let sub = sb.path("sub");
     fs::create_dir(&sub).expect("mkdir");

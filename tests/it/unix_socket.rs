@@ -1,4 +1,4 @@
-//! `--path` (SPEC section 2): unix stream sockets, their mode, stale and
+//! `--path` (docs/behaviour.md section 2): unix stream sockets, their mode, stale and
 //! live sockets at the path, other files at the path.
 
 use std::fs;
@@ -85,7 +85,7 @@ fn stale_socket_file_is_replaced_with_a_warning() {
 
 #[test]
 fn live_socket_at_the_path_is_refused_and_left_alone() {
-    // SPEC section 8: the reference unlinks a live instance's socket.
+    // docs/behaviour.md section 8: the reference unlinks a live instance's socket.
     let sb = Sandbox::new();
     let path = sb.path("live.sock");
     let live = UnixListener::bind(&path).expect("bind");
@@ -112,7 +112,7 @@ fn live_socket_at_the_path_is_refused_and_left_alone() {
 
 #[test]
 fn regular_file_at_the_path_is_kept_and_binding_fails() {
-    // SPEC section 8: the reference deletes it silently.
+    // docs/behaviour.md section 8: the reference deletes it silently.
     let sb = Sandbox::new();
     let path = sb.path("precious");
     fs::write(&path, "precious data\n").expect("write");

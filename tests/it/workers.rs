@@ -1,4 +1,4 @@
-//! Worker starts (SPEC section 3): generations, the start check and its
+//! Worker starts (docs/behaviour.md section 3): generations, the start check and its
 //! retries, what a worker inherits (fds, signal state, environment, cwd),
 //! exec and chdir failures, children that are not workers.
 
@@ -84,7 +84,7 @@ fn worker_has_an_empty_signal_mask_and_only_sigpipe_ignored() {
 
 #[test]
 fn worker_signal_dispositions_are_reset_even_when_start_server_inherited_ignored_ones() {
-    // SPEC section 3 (every signal at its default disposition except
+    // docs/behaviour.md section 3 (every signal at its default disposition except
     // SIGPIPE); the reference passes an inherited ignored USR2 on.
     let sb = Sandbox::new();
     let srv = sb
@@ -252,7 +252,7 @@ fn a_worker_that_never_starts_is_retried_once_per_interval_forever() {
 
 #[test]
 fn a_crash_loop_with_interval_0_is_rate_limited() {
-    // SPEC section 8: the reference forks as fast as the machine allows.
+    // docs/behaviour.md section 8: the reference forks as fast as the machine allows.
     let sb = Sandbox::new();
     let srv = sb
         .server()
@@ -289,7 +289,7 @@ fn exec_failure_is_logged_and_retried() {
 
 #[test]
 fn exec_failure_message_separates_the_os_error() {
-    // SPEC section 8: the reference prints `failed to exec PROGNo such file
+    // docs/behaviour.md section 8: the reference prints `failed to exec PROGNo such file
     // or directory`.
     let sb = Sandbox::new();
     let srv = sb
@@ -325,7 +325,7 @@ fn assert_failed_child_leaves_files_alone(sb: &Sandbox, builder: Builder) {
 
 #[test]
 fn a_child_whose_exec_failed_leaves_the_supervisors_files_alone() {
-    // SPEC section 8: the reference's child deletes them on its way out.
+    // docs/behaviour.md section 8: the reference's child deletes them on its way out.
     let sb = Sandbox::new();
     let builder = sb.server().interval("1").program(["/nonexistent/program"]);
     assert_failed_child_leaves_files_alone(&sb, builder);
@@ -333,7 +333,7 @@ fn a_child_whose_exec_failed_leaves_the_supervisors_files_alone() {
 
 #[test]
 fn a_child_whose_chdir_failed_leaves_the_supervisors_files_alone() {
-    // SPEC section 8: the reference's child deletes them on its way out.
+    // docs/behaviour.md section 8: the reference's child deletes them on its way out.
     let sb = Sandbox::new();
     let builder = sb.server().interval("1").arg("--dir=/nonexistent/dir");
     assert_failed_child_leaves_files_alone(&sb, builder);
@@ -341,7 +341,7 @@ fn a_child_whose_chdir_failed_leaves_the_supervisors_files_alone() {
 
 #[test]
 fn chdir_failure_is_logged_and_the_child_exits_255() {
-    // SPEC section 8: the reference's child exits with the errno (status 512).
+    // docs/behaviour.md section 8: the reference's child exits with the errno (status 512).
     let sb = Sandbox::new();
     let srv = sb
         .server()
@@ -360,7 +360,7 @@ fn chdir_failure_is_logged_and_the_child_exits_255() {
 
 #[test]
 fn a_child_that_is_not_a_worker_is_reaped_silently() {
-    // SPEC section 8: the reference logs it as an old worker. The shell
+    // docs/behaviour.md section 8: the reference logs it as an old worker. The shell
     // forks `sleep` and then execs start_server, which so inherits a child.
     let sb = Sandbox::new();
     let srv = sb
