@@ -228,14 +228,19 @@ pub struct Lifecycle {
     /// the start in progress; with `--max-retry-interval` they space the
     /// next attempt.
     failed_starts: u32,
-    /// TERM or INT was received: the workers still to exit.
-    stopping: Option<Vec<Worker>>,
-    /// The signal they were sent.
-    stop_signal: Option<Sig>,
+    /// TERM or INT was received.
+    stopping: Option<Stopping>,
     /// With `--signal-timeout`: the workers signalled (after a restart or
     /// at shutdown) and not reaped yet, each with its first signal.
     signalled: Vec<Signalled>,
-    exited: bool,
+}
+
+/// After TERM or INT: the workers still to exit, and the signal they got.
+/// Once none is left, the core has exited.
+#[derive(Debug, Clone)]
+struct Stopping {
+    remaining: Vec<Worker>,
+    signal: Sig,
 }
 
 /// A worker sent its retirement or shutdown signal, waited for until
@@ -273,9 +278,7 @@ impl Lifecycle {
             last_spawn: None,
             failed_starts: 0,
             stopping: None,
-            stop_signal: None,
             signalled: Vec::new(),
-            exited: false,
         }
     }
 
@@ -298,11 +301,15 @@ impl Lifecycle {
 
     /// The workers still to exit after TERM or INT, once one came.
     pub fn stopping(&self) -> Option<&[Worker]> {
-        self.stopping.as_deref()
+        self.stopping.as_ref().map(|s| s.remaining.as_slice())
     }
 
+    /// Every worker is gone after TERM or INT ([`Action::Exit`] was
+    /// returned): nothing more happens.
     pub fn exited(&self) -> bool {
-        self.exited
+        self.stopping
+            .as_ref()
+            .is_some_and(|s| s.remaining.is_empty())
     }
 
     #[cfg(test)]
@@ -317,7 +324,11 @@ impl Lifecycle {
     /// What the status file lists: the current and the old workers.
     pub fn status_entries(&self) -> Vec<(u64, i32)> {
         let mut entries: Vec<(u64, i32)> = match &self.stopping {
-            Some(remaining) => remaining.iter().map(|w| (w.generation, w.pid)).collect(),
+            Some(stopping) => stopping
+                .remaining
+                .iter()
+                .map(|w| (w.generation, w.pid))
+                .collect(),
             None => self
                 .current
                 .iter()
@@ -339,7 +350,7 @@ impl Lifecycle {
     /// on at once, as part of the step that asked for them.
     pub fn step(&mut self, event: Event, now: Time) -> Vec<Action> {
         let mut out = Vec::new();
-        if self.exited {
+        if self.exited() {
             return out;
         }
         // `READY=1` decides at once, so that the old workers are signalled
@@ -386,7 +397,7 @@ impl Lifecycle {
     /// signalled worker, or the next rung of the ladder, whichever comes
     /// first (the timeout on a tie).
     fn due(&self) -> Option<(Time, Due)> {
-        if self.exited {
+        if self.exited() {
             return None;
         }
         let escalation = self.signal_timeout().and_then(|timeout| {
@@ -616,9 +627,9 @@ impl Lifecycle {
 
     /// A worker spawned after TERM or INT is signalled and waited for.
     fn adopt_while_stopping(&mut self, worker: Worker, now: Time, out: &mut Vec<Action>) {
-        if let (Some(remaining), Some(signal)) = (self.stopping.as_mut(), self.stop_signal.clone())
-        {
-            remaining.push(worker);
+        if let Some(stopping) = self.stopping.as_mut() {
+            stopping.remaining.push(worker);
+            let signal = stopping.signal.clone();
             self.send(worker.pid, &signal, now, out);
         }
     }
@@ -835,9 +846,9 @@ impl Lifecycle {
     fn on_child_exit(&mut self, pid: i32, status: i32, out: &mut Vec<Action>) {
         // Reaped: its pid may be reused, so nothing more may go to it.
         self.signalled.retain(|s| s.pid != pid);
-        if let Some(remaining) = self.stopping.as_mut() {
-            if let Some(i) = remaining.iter().position(|w| w.pid == pid) {
-                remaining.remove(i);
+        if let Some(stopping) = self.stopping.as_mut() {
+            if let Some(i) = stopping.remaining.iter().position(|w| w.pid == pid) {
+                stopping.remaining.remove(i);
                 log(out, format!("worker {pid} died, status:{status}"));
                 self.write_status(out);
                 self.exit_when_all_gone(out);
@@ -915,16 +926,14 @@ impl Lifecycle {
         for w in &remaining {
             self.send(w.pid, &signal, now, out);
         }
-        self.stopping = Some(remaining);
-        self.stop_signal = Some(signal);
+        self.stopping = Some(Stopping { remaining, signal });
         self.exit_when_all_gone(out);
     }
 
     fn exit_when_all_gone(&mut self, out: &mut Vec<Action>) {
-        if self.stopping.as_ref().is_some_and(Vec::is_empty) {
+        if self.exited() {
             log(out, "exiting".to_string());
             out.push(Action::Exit);
-            self.exited = true;
         }
     }
 

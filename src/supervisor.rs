@@ -386,7 +386,7 @@ impl Supervisor {
     /// Every exited child, without blocking; the core hears of each.
     fn reap_children(&mut self) {
         loop {
-            let status = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
+            let (pid, status) = match waitpid(None::<Pid>, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(pid, code)) => (pid, (code & 0xff) << 8),
                 Ok(WaitStatus::Signaled(pid, signal, core)) => {
                     (pid, signal as i32 | if core { 0x80 } else { 0 })
@@ -395,7 +395,6 @@ impl Supervisor {
                 Err(Errno::EINTR) | Ok(_) => continue,
                 Err(_) => return,
             };
-            let (pid, status) = status;
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.close_worker(pid.as_raw());
             }
