@@ -310,10 +310,7 @@ pub fn switchover(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(
     }
     let mut dropped: Vec<Who> = Vec::new();
     for run in 0..plan.switch_runs {
-        let n = instances.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.rotate_left(run % n.max(1));
-        for i in order {
+        for i in rotated(instances.len(), run) {
             let (instance, last_done) = &mut instances[i];
             if dropped.contains(&instance.who) {
                 continue;
@@ -389,10 +386,7 @@ pub fn cycle(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), St
     }
     let mut dropped: Vec<Who> = Vec::new();
     for run in 0..plan.cycle_runs {
-        let n = instances.len();
-        let mut order: Vec<usize> = (0..n).collect();
-        order.rotate_left(run % n.max(1));
-        for i in order {
+        for i in rotated(instances.len(), run) {
             let (instance, last_done, lost) = &mut instances[i];
             let who = instance.who;
             if dropped.contains(&who) {
@@ -474,10 +468,7 @@ pub fn restart_command(setup: &Setup, plan: &Plan, results: &mut Results) -> Res
     }
     let mut skip: Vec<Who> = Vec::new();
     for run in 0..plan.restart_runs {
-        let mut order: Vec<&Instance> = instances.iter().collect();
-        let n = order.len();
-        order.rotate_left(run % n.max(1));
-        for instance in order {
+        for instance in rotated(instances.len(), run).map(|i| &instances[i]) {
             let who = instance.who;
             if skip.contains(&who) {
                 continue;
@@ -1247,10 +1238,7 @@ pub fn readiness(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<()
         }
         let mut dropped: Vec<Who> = Vec::new();
         for run in 0..plan.ready_runs {
-            let n = instances.len();
-            let mut order: Vec<usize> = (0..n).collect();
-            order.rotate_left(run % n.max(1));
-            for i in order {
+            for i in rotated(instances.len(), run) {
                 let r = &mut instances[i];
                 let who = r.instance.who;
                 if dropped.contains(&who) {
@@ -1285,10 +1273,7 @@ pub fn readiness(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<()
         }
         if boot == plan.ready_boot_ms {
             for run in 0..plan.ready_runs {
-                let n = instances.len();
-                let mut order: Vec<usize> = (0..n).collect();
-                order.rotate_left(run % n.max(1));
-                for i in order {
+                for i in rotated(instances.len(), run) {
                     let r = &mut instances[i];
                     let who = r.instance.who;
                     if dropped.contains(&who) {
@@ -1413,4 +1398,10 @@ fn restart_client(
             }
         }
     }
+}
+
+/// The indices `0..n`, starting at `run % n`: each run starts with the
+/// next implementation, so that none always goes first.
+fn rotated(n: usize, run: usize) -> impl Iterator<Item = usize> {
+    (0..n).map(move |i| (i + run) % n)
 }
