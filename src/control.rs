@@ -18,9 +18,10 @@ use crate::pidfile;
 use crate::progress::{self, Next, Progress};
 use crate::status;
 
-/// How often `--restart` looks at the status file: small enough to notice
-/// the switch well under a second after it happens, cheap (one small read).
-const POLL: Duration = Duration::from_millis(10);
+/// How often `--restart` looks at the status file: a deploy waits on it,
+/// so it should return within a couple of milliseconds of the switch; each
+/// look is one small read and a lock test, a few hundred a second at most.
+const POLL: Duration = Duration::from_millis(2);
 
 /// The pid in the file, if a running start_server holds it: the file is
 /// locked, and the process it names has the file open.
