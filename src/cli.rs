@@ -27,10 +27,11 @@ pub enum Mode {
     Version,
     Restart(Client),
     Stop(Client),
+    Upgrade(Client),
     Start(Box<Config>),
 }
 
-/// Options of the client modes `--restart` and `--stop`.
+/// Options of the client modes `--restart`, `--stop` and `--upgrade`.
 #[derive(Debug)]
 pub struct Client {
     pub pid_file: Option<PathBuf>,
@@ -109,6 +110,7 @@ const EXTENSIONS: &[(&str, Kind)] = &[
     ("max-retry-interval", Kind::Int),
     ("notify-ready", Kind::Flag),
     ("notify-timeout", Kind::Int),
+    ("upgrade", Kind::Flag),
 ];
 
 /// The raw result of option parsing: every option as given, last one wins
@@ -356,6 +358,9 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
     if parsed.flag("stop") {
         return Ok(Mode::Stop(client()));
     }
+    if parsed.flag("upgrade") {
+        return Ok(Mode::Upgrade(client()));
+    }
     let daemonize = parsed.flag("daemonize");
     let log_file = parsed.last("log-file").map(OsStr::to_os_string);
     if daemonize && log_file.is_none() {
@@ -463,6 +468,7 @@ Usage:
   start_server [options] -- program [args...]
   start_server --restart --pid-file=FILE --status-file=FILE
   start_server --stop --pid-file=FILE
+  start_server --upgrade --pid-file=FILE
 
 A superdaemon for hot-deploying server programs: binds the listening sockets
 once, passes them to the program through SERVER_STARTER_PORT, and on SIGHUP
@@ -511,6 +517,10 @@ Extensions (not in the Perl version; off by default; full names only):
   --notify-timeout=SECS       with --notify-ready, SIGKILL a new program
                               that sent no READY=1 within SECS; it may send
                               EXTEND_TIMEOUT_USEC=N (default: 90; 0, never)
+  --upgrade                   upgrade a running start_server to the binary
+                              now at the path it was started as, keeping
+                              its pid, sockets and workers (SIGUSR2), and
+                              wait until it did or say why not
 ";
 
 #[cfg(test)]

@@ -149,7 +149,7 @@ fn follow_restart(
         }
         let progress = match subscription.next(left) {
             Next::Progress(progress) => progress,
-            Next::Quiet => continue,
+            Next::Quiet | Next::Upgrade(_) => continue,
             Next::Closed => return Err(gone(pid)),
         };
         let seen = watch.see(progress);
@@ -258,6 +258,51 @@ fn poll_status_file(pid_file: &Path, status_file: &Path, newest: u64, deadline: 
         }
         if Instant::now() >= deadline {
             return Wait::Late;
+        }
+    }
+}
+
+/// How long `--upgrade` waits for the outcome: the probe has 2 s, the
+/// exec and the new image's start take milliseconds.
+const UPGRADE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Sends USR2 and waits until the supervisor says the upgrade happened or
+/// why not. Only a supervisor with a progress channel is signalled: a
+/// Perl start_server (or one too old to upgrade) would die of USR2.
+pub fn upgrade(client: &Client) -> Result<()> {
+    let Some(pid_file) = &client.pid_file else {
+        bail!("--upgrade option requires --pid-file to be set as well");
+    };
+    let pid = running_pid(pid_file)?;
+    let Some(subscription) = progress::subscribe(pid) else {
+        bail!(
+            "start_server (pid:{pid}) cannot upgrade itself (no control channel: a Perl \
+             start_server would die of SIGUSR2), so no signal was sent"
+        );
+    };
+    kill(Pid::from_raw(pid), Signal::SIGUSR2)
+        .with_context(|| format!("failed to send SIGUSR2 to the server process (pid:{pid})"))?;
+    let deadline = Instant::now() + UPGRADE_DEADLINE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "start_server (pid:{pid}) did not say within {} s how the upgrade went",
+                UPGRADE_DEADLINE.as_secs()
+            );
+        }
+        match subscription.next(left) {
+            Next::Upgrade(progress::Upgrade::Done { from, to }) => {
+                crate::log::line(format_args!(
+                    "start_server (pid:{pid}) upgraded from {from} to {to}"
+                ));
+                return Ok(());
+            }
+            Next::Upgrade(progress::Upgrade::Failed(reason)) => {
+                bail!("upgrade failed: {reason}; start_server (pid:{pid}) carries on as before")
+            }
+            Next::Progress(_) | Next::Quiet => {}
+            Next::Closed => bail!("start_server (pid:{pid}) exited during the upgrade"),
         }
     }
 }

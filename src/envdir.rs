@@ -12,6 +12,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::state::record;
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 
 /// An ordered set of environment variables.
@@ -183,6 +184,8 @@ impl Watch {
         }
     }
 }
+
+record!(Env { vars });
 
 #[cfg(test)]
 mod tests {

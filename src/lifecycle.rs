@@ -19,6 +19,8 @@ use std::time::Duration;
 use crate::progress::Progress;
 use crate::settings::{Seconds, Settings};
 
+mod snapshot;
+
 /// Monotonic time since the supervisor started.
 pub type Time = Duration;
 

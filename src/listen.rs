@@ -13,6 +13,7 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
+use crate::state::record;
 use anyhow::{Context, Result, anyhow, bail};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -474,6 +475,17 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
         Err(e) => bail!("cannot tell whether the existing socket is in use: {e}"),
     }
 }
+
+// Handed to a new image of start_server on an upgrade: the same sockets,
+// not bound again.
+record!(Bound {
+    key,
+    env_key,
+    fd,
+    unix_file
+});
+
+record!(Sockets { bound });
 
 #[cfg(test)]
 mod tests {

@@ -22,8 +22,10 @@ mod signals;
 #[cfg(test)]
 mod simulation;
 mod spawn;
+mod state;
 mod status;
 mod supervisor;
+mod upgrade;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -31,6 +33,11 @@ use std::process::ExitCode;
 use cli::Mode;
 
 fn main() -> ExitCode {
+    // Asked by a running start_server whether we can take over its state.
+    if let Some(version) = std::env::var_os(upgrade::PROBE_VAR) {
+        let _ = std::io::stdout().write_all(upgrade::answer_probe(&version).as_bytes());
+        return ExitCode::SUCCESS;
+    }
     let args = std::env::args_os().skip(1).collect();
     let posix = std::env::var_os("POSIXLY_CORRECT").is_some();
     let result = cli::parse(args, posix).and_then(|mode| match mode {
@@ -38,6 +45,7 @@ fn main() -> ExitCode {
         Mode::Version => print(&format!("{}\n", env!("CARGO_PKG_VERSION"))),
         Mode::Restart(client) => control::restart(&client),
         Mode::Stop(client) => control::stop(&client),
+        Mode::Upgrade(client) => control::upgrade(&client),
         Mode::Start(config) => supervisor::run(*config),
     });
     match result {

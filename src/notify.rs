@@ -27,6 +27,7 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::state::{self, Decode, Encode, Reader, Writer};
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::sys::socket::{
@@ -281,6 +282,33 @@ pub fn parse(payload: &[u8]) -> Vec<Message> {
 impl Notifier {
     fn dir(&self) -> &std::path::Path {
         &self.dir
+    }
+}
+
+/// Handed to a new image on an upgrade: the directory and every
+/// generation's socket, still bound, with what was not read yet.
+impl Encode for Notifier {
+    fn encode(&self, w: &mut Writer) {
+        let Notifier { dir, channels, uid } = self;
+        w.put(dir);
+        w.put(uid);
+        let list: Vec<_> = channels
+            .iter()
+            .map(|(generation, Channel { fd, path, pid })| (generation, fd, path, pid))
+            .collect();
+        w.put(&list);
+    }
+}
+
+impl Decode for Notifier {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, state::Error> {
+        let dir = r.get()?;
+        let uid = r.get()?;
+        let mut channels = BTreeMap::new();
+        for (generation, fd, path, pid) in r.get::<Vec<(u64, OwnedFd, PathBuf, Option<i32>)>>()? {
+            channels.insert(generation, Channel { fd, path, pid });
+        }
+        Ok(Notifier { dir, channels, uid })
     }
 }
 

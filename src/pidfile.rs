@@ -14,6 +14,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use crate::state::record;
 use anyhow::{Context, Result, bail};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
@@ -174,6 +175,10 @@ impl Drop for PidFile {
         // The lock goes with the descriptor, after the unlink.
     }
 }
+
+// Handed to a new image on an upgrade: the same open file description,
+// so the lock is never released.
+record!(PidFile { path, fd, remove });
 
 #[cfg(test)]
 mod tests {

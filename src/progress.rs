@@ -6,7 +6,10 @@
 //! `start_server/PID` after the supervisor's pid: nothing in the
 //! filesystem to clean up, gone with the process however it ends. One
 //! message is one line: `attempt GEN PID`, `failed GEN PID STATUS`,
-//! `current GEN PID`. Only a peer of the same user or root is kept
+//! `current GEN PID`; and for `--upgrade`, `upgraded FROM TO` (versions)
+//! or `upgrade-failed REASON`. The channel survives an upgrade: its
+//! descriptors are handed to the new image, so a client connected before
+//! hears how the upgrade ended from the new image. Only a peer of the same user or root is kept
 //! (`SO_PEERCRED`); a client checks the listener's pid the same way, so a
 //! name squatted by another process is never trusted.
 //!
@@ -18,6 +21,7 @@ use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::time::Duration;
 
+use crate::state::record;
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::socket::{
@@ -89,6 +93,46 @@ impl fmt::Display for Progress {
     }
 }
 
+/// How an upgrade of start_server itself ended, as `--upgrade` hears it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upgrade {
+    /// The new image runs, having read the state: from version, to version.
+    Done { from: String, to: String },
+    /// The running image carries on as it was, for this reason.
+    Failed(String),
+}
+
+impl Upgrade {
+    fn parse(line: &str) -> Option<Upgrade> {
+        let line = line.trim_end_matches('\n');
+        if let Some(reason) = line.strip_prefix("upgrade-failed ") {
+            return Some(Upgrade::Failed(reason.to_string()));
+        }
+        let mut words = line.strip_prefix("upgraded ")?.split(' ');
+        let (from, to) = (words.next()?, words.next()?);
+        words.next().is_none().then(|| Upgrade::Done {
+            from: from.to_string(),
+            to: to.to_string(),
+        })
+    }
+}
+
+impl fmt::Display for Upgrade {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Upgrade::Done { from, to } => write!(f, "upgraded {from} {to}"),
+            // One line, and short enough for one message.
+            Upgrade::Failed(reason) => {
+                let reason: String = reason.replace('\n', " ").chars().take(1000).collect();
+                write!(f, "upgrade-failed {reason}")
+            }
+        }
+    }
+}
+
+/// The largest message a client reads.
+const MESSAGE_MAX: usize = 4096;
+
 fn address(pid: i32) -> nix::Result<UnixAddr> {
     UnixAddr::new_abstract(format!("start_server/{pid}").as_bytes())
 }
@@ -146,7 +190,15 @@ impl Channel {
     /// Sends `progress` to every client, dropping those it cannot reach
     /// at once.
     pub fn send(&mut self, progress: &Progress) {
-        let line = format!("{progress}\n");
+        self.send_line(&format!("{progress}\n"));
+    }
+
+    /// Tells every client how an upgrade ended.
+    pub fn send_upgrade(&mut self, upgrade: &Upgrade) {
+        self.send_line(&format!("{upgrade}\n"));
+    }
+
+    fn send_line(&mut self, line: &str) {
         self.clients.retain(|client| {
             send(
                 client.as_raw_fd(),
@@ -167,6 +219,7 @@ pub struct Subscription {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     Progress(Progress),
+    Upgrade(Upgrade),
     /// Nothing within the timeout.
     Quiet,
     /// The supervisor is gone.
@@ -189,17 +242,22 @@ pub fn subscribe(pid: i32) -> Option<Subscription> {
 impl Subscription {
     /// The next message, waiting at most `timeout` for it.
     pub fn next(&self, timeout: Duration) -> Next {
-        let mut buf = [0u8; 256];
+        let mut buf = [0u8; MESSAGE_MAX];
         loop {
             match recv(self.fd.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT) {
                 Ok(0) => return Next::Closed,
-                Ok(n) => match std::str::from_utf8(&buf[..n])
-                    .ok()
-                    .and_then(Progress::parse)
-                {
-                    Some(progress) => return Next::Progress(progress),
-                    None => continue,
-                },
+                Ok(n) => {
+                    let Ok(line) = std::str::from_utf8(&buf[..n]) else {
+                        continue;
+                    };
+                    if let Some(progress) = Progress::parse(line) {
+                        return Next::Progress(progress);
+                    }
+                    if let Some(upgrade) = Upgrade::parse(line) {
+                        return Next::Upgrade(upgrade);
+                    }
+                    continue;
+                }
                 Err(Errno::EINTR) => continue,
                 Err(Errno::EAGAIN) => {}
                 Err(_) => return Next::Closed,
@@ -214,6 +272,10 @@ impl Subscription {
         }
     }
 }
+
+// Handed to a new image on an upgrade: the listener keeps its name, and
+// connected clients hear how the upgrade ended from the new image.
+record!(Channel { listener, clients });
 
 #[cfg(test)]
 mod tests {
@@ -249,6 +311,32 @@ mod tests {
             .to_string(),
             "failed 3 77 256"
         );
+    }
+
+    #[test]
+    fn upgrade_lines_round_trip() {
+        for upgrade in [
+            Upgrade::Done {
+                from: "0.1.0".to_string(),
+                to: "0.2.0".to_string(),
+            },
+            Upgrade::Failed("/usr/bin/start_server did not answer within 2 s".to_string()),
+        ] {
+            let line = format!("{upgrade}\n");
+            assert_eq!(Upgrade::parse(&line), Some(upgrade), "{line:?}");
+        }
+        assert_eq!(
+            Upgrade::Failed("a\nb".to_string()).to_string(),
+            "upgrade-failed a b"
+        );
+        for line in [
+            "upgraded 1",
+            "upgraded 1 2 3",
+            "upgrade 1 2",
+            "current 2 10",
+        ] {
+            assert_eq!(Upgrade::parse(line), None, "{line:?}");
+        }
     }
 
     #[test]

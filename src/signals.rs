@@ -16,8 +16,11 @@ use nix::fcntl::OFlag;
 use nix::sys::signal::{SigHandler, Signal};
 use signal_hook::SigId;
 
+use crate::state::{self, Decode, Encode, Reader, Writer};
+
 static HUP: AtomicBool = AtomicBool::new(false);
 static USR1: AtomicBool = AtomicBool::new(false);
+static USR2: AtomicBool = AtomicBool::new(false);
 /// The first of TERM/INT received, 0 while none.
 static SHUTDOWN: AtomicI32 = AtomicI32::new(0);
 static WAKE_FD: AtomicI32 = AtomicI32::new(-1);
@@ -28,10 +31,57 @@ pub struct Pending {
     pub hup: bool,
     /// USR1: reopen the log file (logrotate). Never forwarded to workers.
     pub usr1: bool,
+    /// USR2: upgrade start_server itself (`upgrade.rs`). Never forwarded.
+    pub usr2: bool,
     pub shutdown: Option<Signal>,
 }
 
-/// Handlers for HUP, USR1, TERM, INT, ALRM and CHLD feeding a self-pipe.
+impl Pending {
+    /// Both sets of signals: what an old image received during an upgrade
+    /// and what came since.
+    pub fn merge(self, other: Pending) -> Pending {
+        Pending {
+            hup: self.hup || other.hup,
+            usr1: self.usr1 || other.usr1,
+            usr2: self.usr2 || other.usr2,
+            shutdown: self.shutdown.or(other.shutdown),
+        }
+    }
+}
+
+/// Carried across an upgrade: signals the old image took but did not act
+/// on, for the new one to act on in its first turn.
+impl Encode for Pending {
+    fn encode(&self, w: &mut Writer) {
+        let Pending {
+            hup,
+            usr1,
+            usr2,
+            shutdown,
+        } = self;
+        w.put(hup);
+        w.put(usr1);
+        w.put(usr2);
+        w.put(&shutdown.map(|s| s as i32));
+    }
+}
+
+impl Decode for Pending {
+    fn decode(r: &mut Reader<'_>) -> Result<Self, state::Error> {
+        Ok(Pending {
+            hup: r.get()?,
+            usr1: r.get()?,
+            usr2: r.get()?,
+            shutdown: r
+                .get::<Option<i32>>()?
+                .map(|n| Signal::try_from(n).map_err(|_| state::Error::new(format!("signal {n}"))))
+                .transpose()?,
+        })
+    }
+}
+
+/// Handlers for HUP, USR1, USR2, TERM, INT, ALRM and CHLD feeding a
+/// self-pipe.
 pub struct SignalQueue {
     read: OwnedFd,
     _write: OwnedFd,
@@ -60,11 +110,13 @@ impl SignalQueue {
             .context("failed to create the signal pipe")?;
         WAKE_FD.store(write.as_raw_fd(), Ordering::SeqCst);
         let mut ids = Vec::new();
-        let handlers: [(i32, fn()); 6] = [
+        let handlers: [(i32, fn()); 7] = [
             (libc::SIGHUP, || HUP.store(true, Ordering::SeqCst)),
             // The reference has no handler: USR1 kills it and orphans its
             // workers. Users send it from logrotate's postrotate anyway.
             (libc::SIGUSR1, || USR1.store(true, Ordering::SeqCst)),
+            // The reference dies on USR2 as well: handling it breaks nobody.
+            (libc::SIGUSR2, || USR2.store(true, Ordering::SeqCst)),
             // No flag: the loop reaps with waitpid(WNOHANG) after every
             // wake-up, so the byte in the pipe is all SIGCHLD needs to say.
             (libc::SIGCHLD, || {}),
@@ -119,6 +171,7 @@ impl SignalQueue {
         Pending {
             hup: HUP.swap(false, Ordering::SeqCst),
             usr1: USR1.swap(false, Ordering::SeqCst),
+            usr2: USR2.swap(false, Ordering::SeqCst),
             shutdown: Signal::try_from(SHUTDOWN.swap(0, Ordering::SeqCst)).ok(),
         }
     }

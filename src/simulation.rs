@@ -214,6 +214,9 @@ enum Op {
         back: u8,
         ms: u64,
     },
+    /// start_server upgrades itself (SIGUSR2): the core is saved in the
+    /// state format and restored from it, as the new image does.
+    Upgrade,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -315,7 +318,7 @@ fn generate(seed: u64) -> Case {
 }
 
 fn random_op(rng: &mut Rng) -> Op {
-    match rng.weighted(&[80, 200, 200, 120, 4, 160, 30, 100, 30]) {
+    match rng.weighted(&[80, 200, 200, 120, 4, 160, 30, 100, 30, 20]) {
         0 => Op::Turn,
         1 => Op::Advance {
             ms: match rng.below(4) {
@@ -347,10 +350,11 @@ fn random_op(rng: &mut Rng) -> Op {
         7 => Op::Ready {
             back: rng.pick(&[0, 0, 0, 1, 2]),
         },
-        _ => Op::Extend {
+        8 => Op::Extend {
             back: rng.pick(&[0, 0, 1]),
             ms: rng.pick(&[1, 100, 500, 2000, 10_000]),
         },
+        _ => Op::Upgrade,
     }
 }
 
@@ -609,7 +613,33 @@ impl World {
                 }
                 Ok(())
             }
+            Op::Upgrade => self.upgrade(),
         }
+    }
+
+    /// The core goes through the state format and back; the restored one
+    /// must be the same core, and the timeline goes on with it.
+    fn upgrade(&mut self) -> Checked {
+        self.note(|| "   upgrade: core saved and restored".to_string());
+        let mut w = crate::state::Writer::new();
+        self.core.save(&mut w);
+        let bytes = w.into_bytes();
+        let restored = crate::state::Reader::new(&bytes).and_then(|mut r| {
+            let core = Lifecycle::restore(self.core.config().clone(), &mut r)?;
+            r.finish().map(|()| core)
+        });
+        let restored = restored.map_err(|e| Failure {
+            rule: "upgrade round trip",
+            detail: format!("the saved core did not read back: {e}"),
+        })?;
+        let (before, after) = (format!("{:?}", self.core), format!("{restored:?}"));
+        ensure!(
+            before == after,
+            "upgrade round trip",
+            "restored core differs:\n  saved:    {before}\n  restored: {after}"
+        );
+        self.core = restored;
+        Ok(())
     }
 
     /// `READY=1` comes on `generation`'s socket (only with `--notify-ready`:

@@ -5,6 +5,7 @@
 //! mix; the temp file is created exclusively and never through a symlink;
 //! and the file is removed at exit only if we wrote it.
 
+use crate::state::record;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -99,6 +100,9 @@ fn create_temp(path: &Path) -> std::io::Result<(PathBuf, File)> {
     }
     Err(last_err.unwrap_or_else(|| ErrorKind::AlreadyExists.into()))
 }
+
+// Handed to a new image on an upgrade (the file itself stays as it is).
+record!(StatusFile { path, written });
 
 #[cfg(test)]
 mod tests {

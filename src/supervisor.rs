@@ -38,9 +38,11 @@ use crate::notify::{Message, Notifier};
 use crate::pidfile::PidFile;
 use crate::progress;
 use crate::settings;
-use crate::signals::{SignalName, SignalQueue};
+use crate::signals::{Pending, SignalName, SignalQueue};
 use crate::spawn::spawn_worker;
+use crate::state::{self, Reader, Writer};
 use crate::status::StatusFile;
+use crate::upgrade::{self, Probe, Verdict};
 
 /// The signals held back while setting up: one that arrives while the
 /// sockets are being bound is acted on once the loop runs, instead of
@@ -54,10 +56,31 @@ const SETUP_SIGNALS: [Signal; 6] = [
     Signal::SIGUSR2,
 ];
 
-/// Sets up, runs the loop until a TERM or INT has been carried out, then
-/// tears down.
+fn sigset(signals: &[Signal]) -> SigSet {
+    let mut set = SigSet::empty();
+    for &signal in signals {
+        set.add(signal);
+    }
+    set
+}
+
+/// The signals blocked across an upgrade's exec (those of setup, and
+/// CHLD): the new image installs its handlers, then unblocks them and acts
+/// on what came meanwhile.
+fn upgrade_sigset() -> SigSet {
+    let mut set = sigset(&SETUP_SIGNALS);
+    set.add(Signal::SIGCHLD);
+    set
+}
+
+/// Sets up (or, in the new image of an upgrade, takes over the state the
+/// old one handed down), runs the loop until a TERM or INT has been
+/// carried out, then tears down.
 pub fn run(config: Config) -> Result<()> {
-    let supervisor = set_up(config)?;
+    let supervisor = match upgrade::take_state() {
+        Some(state) => resume(config, &state?)?,
+        None => set_up(config)?,
+    };
     supervisor.run();
     Ok(())
 }
@@ -65,11 +88,10 @@ pub fn run(config: Config) -> Result<()> {
 /// Everything before the loop, in the order docs/behaviour.md section 5 gives. Returns
 /// only in the process that supervises (after `--daemonize`, the daemon).
 fn set_up(config: Config) -> Result<Supervisor> {
-    let mut held = SigSet::empty();
-    for signal in SETUP_SIGNALS {
-        held.add(signal);
-    }
+    let held = sigset(&SETUP_SIGNALS);
     held.thread_block().context("failed to block signals")?;
+    // Before anything can change the working directory.
+    let exe = upgrade::resolve_self(std::env::args_os().next().as_deref());
 
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
     let mut log_sink = config.log_file.as_deref().map(log::open).transpose()?;
@@ -102,7 +124,7 @@ fn set_up(config: Config) -> Result<Supervisor> {
     let (signals, log, notifier) = finished?;
     held.thread_unblock().context("failed to unblock signals")?;
     Ok(Supervisor::new(
-        config, sockets, signals, log, pid_file, notifier,
+        config, sockets, signals, log, pid_file, notifier, exe,
     ))
 }
 
@@ -158,6 +180,13 @@ struct Supervisor {
     /// What `--restart` clients listen to; without it they read the
     /// status file.
     progress: Option<progress::Channel>,
+    /// What SIGUSR2 execs: the path start_server was started as.
+    exe: Option<PathBuf>,
+    /// An upgrade asking the new binary whether it reads our state.
+    probe: Option<Probe>,
+    /// Signals an old image took but did not act on before the upgrade:
+    /// acted on in the first turn.
+    carried: Pending,
 }
 
 fn sig(name: &SignalName) -> Sig {
@@ -165,6 +194,91 @@ fn sig(name: &SignalName) -> Sig {
         number: name.signal as i32,
         name: name.to_string(),
     }
+}
+
+/// The core's part of the command line.
+fn core_config(config: &Config) -> lifecycle::Config {
+    lifecycle::Config {
+        interval: config.interval,
+        signal_on_hup: sig(&config.signal_on_hup),
+        signal_on_term: sig(&config.signal_on_term),
+        term: sig(&SignalName::term()),
+        kill: Sig {
+            number: Signal::SIGKILL as i32,
+            name: "KILL".to_string(),
+        },
+        signal_timeout: config.signal_timeout.clone(),
+        max_retry_interval: config.max_retry_interval.clone(),
+        readiness: config.notify_ready.then(|| lifecycle::Readiness {
+            timeout: config.notify_timeout.clone(),
+        }),
+    }
+}
+
+/// The new image of an upgrade: everything the old one handed down, in
+/// the order [`Supervisor::save`] wrote it, with the command line parsed
+/// again for what it fixes. The signals are still blocked, as they were
+/// across the exec; they are unblocked once the handlers are in place.
+fn resume(config: Config, bytes: &[u8]) -> Result<Supervisor> {
+    let held = upgrade_sigset();
+    held.thread_block().context("failed to block signals")?;
+    let (from, taken) =
+        take_over(&config, bytes).context("failed to take over after the upgrade")?;
+    let signals = SignalQueue::install()?;
+    let log = LogWriter::for_stderr()?;
+    held.thread_unblock().context("failed to unblock signals")?;
+    let mut supervisor = Supervisor::assemble(config, taken, signals, log);
+    let to = env!("CARGO_PKG_VERSION");
+    let line = format!(
+        "start_server (pid:{}) upgraded from {from} to {to}",
+        std::process::id()
+    );
+    supervisor.log.line(&line);
+    if let Some(channel) = &mut supervisor.progress {
+        channel.send_upgrade(&progress::Upgrade::Done {
+            from,
+            to: to.to_string(),
+        });
+    }
+    Ok(supervisor)
+}
+
+/// Reads the state: the old image's version, and what it held.
+fn take_over(config: &Config, bytes: &[u8]) -> Result<(String, Taken), state::Error> {
+    let mut r = Reader::new(bytes)?;
+    let from: String = r.get()?;
+    let elapsed: Duration = r.get()?;
+    let now = Instant::now();
+    let taken = Taken {
+        // The core's clock goes on where the old image left it.
+        clock: now.checked_sub(elapsed).unwrap_or(now),
+        core: Lifecycle::restore(core_config(config), &mut r)?,
+        base_env: r.get()?,
+        sockets: r.get()?,
+        pid_file: r.get()?,
+        status: r.get()?,
+        notifier: r.get()?,
+        progress: r.get()?,
+        exe: r.get()?,
+        carried: r.get()?,
+    };
+    r.finish()?;
+    Ok((from, taken))
+}
+
+/// What a supervisor starts its loop with, made by setup or handed down
+/// by the old image of an upgrade.
+struct Taken {
+    core: Lifecycle,
+    clock: Instant,
+    base_env: Env,
+    sockets: Sockets,
+    pid_file: Option<PidFile>,
+    status: Option<StatusFile>,
+    notifier: Option<Notifier>,
+    progress: Option<progress::Channel>,
+    exe: Option<PathBuf>,
+    carried: Pending,
 }
 
 impl Supervisor {
@@ -175,44 +289,58 @@ impl Supervisor {
         mut log: LogWriter,
         pid_file: Option<PidFile>,
         notifier: Option<Notifier>,
+        exe: Option<PathBuf>,
     ) -> Supervisor {
         let mut base_env = Env::inherited();
         for (name, value) in &config.exports {
             base_env.set(*name, value);
         }
         base_env.set("SERVER_STARTER_PORT", sockets.env_value());
-        let envdir_watch = base_env
-            .get("ENVDIR")
-            .map(|d| envdir::Watch::new(PathBuf::from(d)));
-        let core_config = lifecycle::Config {
-            interval: config.interval,
-            signal_on_hup: sig(&config.signal_on_hup),
-            signal_on_term: sig(&config.signal_on_term),
-            term: sig(&SignalName::term()),
-            kill: Sig {
-                number: Signal::SIGKILL as i32,
-                name: "KILL".to_string(),
-            },
-            signal_timeout: config.signal_timeout.clone(),
-            max_retry_interval: config.max_retry_interval.clone(),
-            readiness: config.notify_ready.then(|| lifecycle::Readiness {
-                timeout: config.notify_timeout.clone(),
-            }),
-        };
         let settings = settings::read(&base_env);
         // Survived: a client without the channel falls back to the status file.
         let progress = progress::Channel::bind()
             .inspect_err(|e| log.line(&format!("failed to listen for --restart clients: {e}")))
             .ok();
-        let mut supervisor = Supervisor {
-            core: Lifecycle::new(core_config, settings, Time::ZERO),
+        let taken = Taken {
+            core: Lifecycle::new(core_config(&config), settings, Time::ZERO),
             clock: Instant::now(),
+            base_env,
+            sockets,
+            pid_file,
+            status: config.status_file.clone().map(StatusFile::new),
+            notifier,
+            progress,
+            exe,
+            carried: Pending::default(),
+        };
+        Supervisor::assemble(config, taken, signals, log)
+    }
+
+    fn assemble(config: Config, taken: Taken, signals: SignalQueue, log: LogWriter) -> Supervisor {
+        let Taken {
+            core,
+            clock,
+            base_env,
+            sockets,
+            pid_file,
+            status,
+            notifier,
+            progress,
+            exe,
+            carried,
+        } = taken;
+        let envdir_watch = base_env
+            .get("ENVDIR")
+            .map(|d| envdir::Watch::new(PathBuf::from(d)));
+        let mut supervisor = Supervisor {
+            core,
+            clock,
             program: config.program,
             dir: config.dir,
             env: base_env.clone(),
             base_env,
             envdir_watch,
-            status: config.status_file.map(StatusFile::new),
+            status,
             signals,
             log,
             log_target: log::Target::of(config.log_file.as_deref()),
@@ -220,6 +348,9 @@ impl Supervisor {
             notifier,
             pid_file,
             progress,
+            exe,
+            probe: None,
+            carried,
         };
         supervisor.reload_env();
         supervisor
@@ -236,7 +367,10 @@ impl Supervisor {
         loop {
             // Drain before reaping: a SIGCHLD arriving after the drain
             // leaves a byte in the pipe, so the next poll cannot miss it.
-            let pending = self.signals.drain();
+            let pending = self
+                .signals
+                .drain()
+                .merge(std::mem::take(&mut self.carried));
             // Before the HUP: a client connects, then signals.
             if let Some(progress) = &mut self.progress {
                 progress.accept_clients();
@@ -253,6 +387,10 @@ impl Supervisor {
                     Stop::Term
                 };
                 self.feed(Event::Stop(stop));
+                if let Some(probe) = self.probe.take() {
+                    probe.finish();
+                    self.upgrade_failed("start_server is shutting down");
+                }
             }
             self.reload_env();
             self.reap_children();
@@ -262,10 +400,15 @@ impl Supervisor {
             if pending.hup {
                 self.feed(Event::Hup);
             }
+            if pending.usr2 {
+                self.begin_upgrade();
+            }
             self.feed(Event::Tick);
             if self.core.exited() {
                 break;
             }
+            // Last in the turn: an exec carries the state this turn made.
+            self.follow_upgrade();
             if let Err(e) = self.sleep() {
                 // Without poll(2), shut down, looking for exits now and then.
                 if self.core.stopping().is_none() {
@@ -395,6 +538,10 @@ impl Supervisor {
                 Err(Errno::EINTR) | Ok(_) => continue,
                 Err(_) => return,
             };
+            if let Some(probe) = self.probe.as_mut().filter(|p| p.pid == pid.as_raw()) {
+                probe.exited(status);
+                continue;
+            }
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.close_worker(pid.as_raw());
             }
@@ -408,8 +555,12 @@ impl Supervisor {
     /// Waits for a signal, an envdir change, or the next deadline.
     fn sleep(&mut self) -> nix::Result<()> {
         let mut deadline = self.core.next_deadline().map(|t| self.clock + t);
-        if let Some(poll_at) = self.envdir_watch.as_ref().and_then(|w| w.next_poll()) {
-            deadline = Some(deadline.map_or(poll_at, |d| d.min(poll_at)));
+        let extra = [
+            self.envdir_watch.as_ref().and_then(|w| w.next_poll()),
+            self.probe.as_ref().map(|p| p.deadline),
+        ];
+        for at in extra.into_iter().flatten() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -428,6 +579,9 @@ impl Supervisor {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         for fd in self.notifier.iter().flat_map(Notifier::fds) {
+            fds.push(PollFd::new(fd, PollFlags::POLLIN));
+        }
+        if let Some(fd) = self.probe.as_ref().and_then(Probe::fd) {
             fds.push(PollFd::new(fd, PollFlags::POLLIN));
         }
         // Lines were dropped on a full log pipe: wake when it has room.
@@ -455,6 +609,96 @@ impl Supervisor {
             watch.drain_events();
         }
         Ok(())
+    }
+
+    /// SIGUSR2: asks the binary at our path whether it reads our state.
+    /// The loop goes on meanwhile; [`Supervisor::follow_upgrade`] hears
+    /// the answer.
+    fn begin_upgrade(&mut self) {
+        if self.probe.is_some() {
+            self.log
+                .line("received USR2, an upgrade is already under way");
+            return;
+        }
+        if self.core.stopping().is_some() {
+            self.upgrade_failed("start_server is shutting down");
+            return;
+        }
+        let Some(exe) = self.exe.clone() else {
+            self.upgrade_failed("the path start_server was started as is unknown");
+            return;
+        };
+        self.log.line(&format!(
+            "received USR2, upgrading start_server from {}",
+            exe.display()
+        ));
+        match Probe::start(&exe) {
+            Ok(probe) => self.probe = Some(probe),
+            Err(e) => self.upgrade_failed(&format!("{e:#}")),
+        }
+    }
+
+    /// Acts on the probe's answer once there is one: exec on yes, else
+    /// carry on as before.
+    fn follow_upgrade(&mut self) {
+        let Some(verdict) = self.probe.as_mut().and_then(|p| p.verdict(Instant::now())) else {
+            return;
+        };
+        if let Some(probe) = self.probe.take() {
+            probe.finish();
+        }
+        let exe = self.exe.clone().unwrap_or_default();
+        match verdict {
+            Verdict::Yes => self.exec_upgrade(&exe),
+            Verdict::No(why) => {
+                self.upgrade_failed(&format!("{} cannot take over: {why}", exe.display()))
+            }
+        }
+    }
+
+    /// Execs the new binary with our state; returns only if the exec
+    /// failed, with everything as it was.
+    fn exec_upgrade(&mut self, exe: &std::path::Path) {
+        let held = upgrade_sigset();
+        if let Err(e) = held.thread_block() {
+            self.upgrade_failed(&format!("failed to block signals: {e}"));
+            return;
+        }
+        // Whatever came since this turn's drain goes with the state; what
+        // comes from now on stays pending across the exec.
+        let pending = self.signals.drain();
+        let mut w = Writer::new();
+        self.save(pending, &mut w);
+        let args: Vec<OsString> = std::env::args_os().collect();
+        let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+        let error = upgrade::exec(exe, &args, &env, w);
+        self.carried = pending;
+        let _ = held.thread_unblock();
+        self.upgrade_failed(&format!("{error:#}"));
+    }
+
+    /// What the new image reads back in [`resume`], in that order.
+    fn save(&self, pending: Pending, w: &mut Writer) {
+        w.put(env!("CARGO_PKG_VERSION"));
+        w.put(&self.clock.elapsed());
+        self.core.save(w);
+        w.put(&self.base_env);
+        w.put(&self.sockets);
+        w.put(&self.pid_file);
+        w.put(&self.status);
+        w.put(&self.notifier);
+        w.put(&self.progress);
+        w.put(&self.exe);
+        w.put(&pending);
+    }
+
+    /// An upgrade did not happen: say why, to the log and to `--upgrade`.
+    fn upgrade_failed(&mut self, reason: &str) {
+        self.log
+            .line(&format!("upgrade failed, carrying on as before: {reason}"));
+        if let Some(channel) = &mut self.progress {
+            channel.send_upgrade(&progress::Upgrade::Failed(reason.to_string()));
+        }
     }
 
     /// Rewrites the status file; a failure is logged, never fatal.

@@ -252,6 +252,12 @@ pub const ALL: &[Difference] = &[
         everywhere: false,
         reconcile: usr1_log_reopen,
     },
+    Difference {
+        id: "usr2-upgrade",
+        title: "SIGUSR2 upgrades start_server itself",
+        everywhere: false,
+        reconcile: usr2_upgrade,
+    },
 ];
 
 /// The difference with this id; panics on an unknown id.
@@ -1307,6 +1313,37 @@ fn usr1_log_reopen(reference: &mut Record, ours: &mut Record) -> Check {
         format!("our worker received {:?}", w1.signals)
     })?;
     replace_runs(reference, ours, "usr1-log-reopen");
+    Ok(())
+}
+
+/// The reference dies of USR2 and orphans its worker; we re-execute
+/// ourselves in place and keep the worker, which TERM then stops.
+fn usr2_upgrade(reference: &mut Record, ours: &mut Record) -> Check {
+    ensure(
+        reference.exit == format!("signal={}", libc::SIGUSR2),
+        || format!("the reference's exit {}", reference.exit),
+    )?;
+    ensure(
+        worker(reference, "W1")?.end.starts_with("parent-gone"),
+        || "the reference did not orphan its worker".to_string(),
+    )?;
+    for line in [
+        "received USR2, upgrading start_server from ",
+        ") upgraded from ",
+    ] {
+        ensure(has_line(&ours.log, line), || {
+            format!("no {line:?} in our log: {:?}", ours.log)
+        })?;
+    }
+    ensure(ours.exit == "exit=0", || format!("our exit {}", ours.exit))?;
+    let w1 = worker(ours, "W1")?;
+    ensure(w1.end.starts_with("TERM"), || {
+        format!("our worker ended {}", w1.end)
+    })?;
+    ensure(!w1.signals.iter().any(|s| s.starts_with("USR2")), || {
+        format!("our worker received {:?}", w1.signals)
+    })?;
+    replace_runs(reference, ours, "usr2-upgrade");
     Ok(())
 }
 

@@ -623,6 +623,10 @@ pub fn files() -> Vec<Scenario> {
             .steps([Status(&[1]), Signal(libc::SIGUSR1), Sleep(ms(500))])
             .steps(stop())
             .differs(&["usr1-log-reopen"]),
+        standard("upgrade_on_usr2", &["--log-file={LOG}"])
+            .steps([Status(&[1]), Signal(libc::SIGUSR2), Sleep(ms(500))])
+            .steps(stop())
+            .differs(&["usr2-upgrade"]),
         standard("log_file_cannot_open", &["--log-file={T}/missing/log"])
             .steps(up_and_stop())
             .differs(&["fatal-errors"]),

@@ -520,6 +520,7 @@ impl Sandbox {
             user: None,
             subreaper: false,
             ignored: Vec::new(),
+            binary: None,
         }
     }
 
@@ -764,9 +765,16 @@ pub struct Builder<'a> {
     user: Option<(u32, u32)>,
     subreaper: bool,
     ignored: Vec<libc::c_int>,
+    binary: Option<PathBuf>,
 }
 
 impl<'a> Builder<'a> {
+    /// Runs this copy of start_server instead of the one under test.
+    pub fn binary(mut self, path: PathBuf) -> Self {
+        self.binary = Some(path);
+        self
+    }
+
     /// No default `--port`.
     pub fn no_port(mut self) -> Self {
         self.port = false;
@@ -923,7 +931,7 @@ impl<'a> Builder<'a> {
     pub fn spawn(self) -> Server<'a> {
         let sb = self.sb;
         let args = self.build_args();
-        let bin = start_server_bin();
+        let bin = self.binary.clone().unwrap_or_else(start_server_bin);
         let mut argv: Vec<OsString> = self.wrapper.clone();
         argv.push(bin.into_os_string());
         argv.extend(args);
