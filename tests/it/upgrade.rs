@@ -21,7 +21,25 @@ fn installed_copy(sb: &Sandbox) -> PathBuf {
     fs::create_dir_all(&dir).expect("mkdir bin");
     let path = dir.join("start_server");
     fs::copy(env!("CARGO_BIN_EXE_start_server"), &path).expect("copy the binary");
+    wait_executable(&path);
     path
+}
+
+/// Waits until `path` can be executed: a child that another test thread
+/// forked while the copy was open for writing holds it open until that
+/// child execs, and exec(2) meanwhile fails with ETXTBSY.
+fn wait_executable(path: &Path) {
+    wait_until(
+        TIMEOUT,
+        "the copied binary to be executable",
+        || {
+            std::process::Command::new(path)
+                .arg("--version")
+                .output()
+                .is_ok_and(|out| out.status.success())
+        },
+        || path.display().to_string(),
+    );
 }
 
 /// start_server run from its copy in the sandbox, with its first worker
@@ -39,15 +57,18 @@ fn replace_binary(path: &Path) -> u64 {
     let new = path.with_extension("new");
     fs::copy(env!("CARGO_BIN_EXE_start_server"), &new).expect("copy the binary");
     fs::rename(&new, path).expect("rename over the binary");
+    wait_executable(path);
     fs::metadata(path).expect("stat").ino()
 }
 
-/// Puts a script at `path` in place of the binary.
+/// Puts a script at `path` in place of the binary; it must exit 0 when
+/// run with `--version`.
 fn replace_with_script(path: &Path, script: &str) {
     let new = path.with_extension("new");
     fs::write(&new, script).expect("write script");
     fs::set_permissions(&new, fs::Permissions::from_mode(0o755)).expect("chmod");
     fs::rename(&new, path).expect("rename over the binary");
+    wait_executable(path);
 }
 
 /// The inode of the file process `pid` runs.
@@ -242,7 +263,7 @@ fn a_probe_that_hangs_is_killed_and_cancels_the_upgrade() {
     replace_with_script(
         &bin,
         &format!(
-            "#!/bin/sh\nsleep 300 &\necho $! > {}\nwait\n",
+            "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nsleep 300 &\necho $! > {}\nwait\n",
             marker.display()
         ),
     );
@@ -419,4 +440,65 @@ fn upgrade_never_signals_a_perl_start_server_needs_reference() {
     srv.assert_running();
     srv.wait_serving(worker.pid);
     srv.stop();
+}
+
+#[test]
+fn an_upgrade_keeps_the_auto_restart_deadline() {
+    let sb = Sandbox::new();
+    let bin = installed_copy(&sb);
+    let srv = sb
+        .server()
+        .binary(bin.clone())
+        .env("ENABLE_AUTO_RESTART", "1")
+        .env("AUTO_RESTART_INTERVAL", "3")
+        .env("KILL_OLD_DELAY", "0")
+        .spawn();
+    let first = srv.wait_current(1);
+    wait_past(first.written_ms, 1500);
+    replace_binary(&bin);
+    srv.client(upgrade_args(&sb))
+        .finish(TIMEOUT)
+        .assert_success();
+    // Kept: the next generation 3 s after the first; a period started
+    // afresh by the upgrade would put it at 4.5 s or later.
+    let second = srv.wait_worker(2);
+    let after = second.written_ms.saturating_sub(first.written_ms);
+    assert!(
+        (2750..4250).contains(&after),
+        "auto-restart {after} ms after the first generation\n{}",
+        srv.describe()
+    );
+    srv.stop();
+}
+
+#[test]
+fn a_generation_booting_across_an_upgrade_is_heard_when_ready() {
+    let sb = Sandbox::new();
+    let run = sb.path("run");
+    fs::create_dir_all(&run).expect("mkdir run");
+    let bin = installed_copy(&sb);
+    let srv = sb
+        .server()
+        .binary(bin.clone())
+        .arg("--notify-ready")
+        .env("RUNTIME_DIRECTORY", &run)
+        .env("TW_READY", "after:1500")
+        .spawn();
+    let old = srv.wait_current(1);
+    srv.signal(Signal::SIGHUP);
+    let new = srv.wait_worker(2);
+    replace_binary(&bin);
+    srv.client(upgrade_args(&sb))
+        .finish(TIMEOUT)
+        .assert_success();
+    assert!(
+        sb.signals_of(old.pid).is_empty(),
+        "the old worker was signalled before the new one was ready\n{}",
+        srv.describe()
+    );
+    srv.wait_signal(old.pid, "TERM");
+    srv.wait_status(&[(2, new.pid)]);
+    srv.stop();
+    let left: Vec<_> = fs::read_dir(&run).expect("ls run").flatten().collect();
+    assert!(left.is_empty(), "{left:?}\n{}", srv.describe());
 }
