@@ -388,7 +388,7 @@ impl Supervisor {
                 };
                 self.feed(Event::Stop(stop));
                 if let Some(probe) = self.probe.take() {
-                    probe.finish();
+                    let _ = probe.finish();
                     self.upgrade_failed("start_server is shutting down");
                 }
             }
@@ -562,6 +562,10 @@ impl Supervisor {
         for at in extra.into_iter().flatten() {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
+        // Signals handed back by a failed upgrade exec: act on them now.
+        if self.carried != Pending::default() {
+            deadline = Some(Instant::now());
+        }
         let timeout = match deadline {
             None => PollTimeout::NONE,
             // Round up, so that we never wake just before a deadline and spin.
@@ -644,12 +648,12 @@ impl Supervisor {
         let Some(verdict) = self.probe.as_mut().and_then(|p| p.verdict(Instant::now())) else {
             return;
         };
-        if let Some(probe) = self.probe.take() {
-            probe.finish();
-        }
+        let Some(binary) = self.probe.take().map(Probe::finish) else {
+            return;
+        };
         let exe = self.exe.clone().unwrap_or_default();
         match verdict {
-            Verdict::Yes => self.exec_upgrade(&exe),
+            Verdict::Yes => self.exec_upgrade(&binary, &exe),
             Verdict::No(why) => {
                 self.upgrade_failed(&format!("{} cannot take over: {why}", exe.display()))
             }
@@ -658,7 +662,7 @@ impl Supervisor {
 
     /// Execs the new binary with our state; returns only if the exec
     /// failed, with everything as it was.
-    fn exec_upgrade(&mut self, exe: &std::path::Path) {
+    fn exec_upgrade(&mut self, binary: &upgrade::Binary, exe: &std::path::Path) {
         let held = upgrade_sigset();
         if let Err(e) = held.thread_block() {
             self.upgrade_failed(&format!("failed to block signals: {e}"));
@@ -671,7 +675,7 @@ impl Supervisor {
         self.save(pending, &mut w);
         let args: Vec<OsString> = std::env::args_os().collect();
         let env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
-        let error = upgrade::exec(exe, &args, &env, w);
+        let error = upgrade::exec(binary, exe, &args, &env, w);
         self.carried = pending;
         let _ = held.thread_unblock();
         self.upgrade_failed(&format!("{error:#}"));

@@ -93,6 +93,9 @@ fn is_executable(path: &Path) -> bool {
 /// The new binary, asked whether it reads our state version.
 pub struct Probe {
     pub pid: i32,
+    /// The file asked, opened before it was run: the exec runs this very
+    /// file, and only if the path still names it.
+    binary: OwnedFd,
     /// Its stdout, non-blocking; `None` once it reached end of file.
     out: Option<OwnedFd>,
     answer: Vec<u8>,
@@ -113,6 +116,12 @@ pub enum Verdict {
 impl Probe {
     /// Runs `path` as a probe. Its stdin and stderr are /dev/null.
     pub fn start(path: &Path) -> Result<Probe> {
+        let binary = nix::fcntl::open(
+            path,
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .with_context(|| format!("cannot run {}", path.display()))?;
         let mut child = Command::new(path)
             // Its own group, so that killing it kills whatever it started.
             .process_group(0)
@@ -138,6 +147,7 @@ impl Probe {
         drop(child);
         Ok(Probe {
             pid,
+            binary,
             out: Some(out),
             answer: Vec::new(),
             deadline: Instant::now() + PROBE_TIMEOUT,
@@ -202,37 +212,60 @@ impl Probe {
     }
 
     /// Ends the probe and whatever it started: SIGKILL to its process
-    /// group (a group id is not reused while a member lives).
-    pub fn finish(self) {
+    /// group (a group id is not reused while a member lives). Returns the
+    /// file that was asked.
+    pub fn finish(self) -> Binary {
         let _ = nix::sys::signal::killpg(
             nix::unistd::Pid::from_raw(self.pid),
             nix::sys::signal::Signal::SIGKILL,
         );
+        Binary(self.binary)
     }
 }
 
-/// Replaces this process with `path`, run with `args` (our own command
-/// line) and `env` plus [`STATE_FD_VAR`] naming a memfd that holds the
-/// state. The descriptors the state names lose close-on-exec for the
-/// exec. Returns only if it failed, with everything as it was.
+/// The file a probe asked, to be exec'd.
+pub struct Binary(OwnedFd);
+
+impl Binary {
+    /// Fails if `path` no longer names this file (it was replaced or
+    /// removed after it answered).
+    fn check(&self, path: &Path) -> Result<()> {
+        let asked = nix::sys::stat::fstat(&self.0).context("fstat failed")?;
+        let now = nix::sys::stat::stat(path)
+            .with_context(|| format!("cannot check {} again", path.display()))?;
+        if (asked.st_dev, asked.st_ino) != (now.st_dev, now.st_ino) {
+            bail!("{} was replaced after it answered", path.display());
+        }
+        Ok(())
+    }
+}
+
+/// Replaces this process with `binary` (the file the probe asked, still at
+/// `path`), run with `args` (our own command line) and `env` plus
+/// [`STATE_FD_VAR`] naming a memfd that holds the state. The descriptors
+/// the state names lose close-on-exec for the exec. Returns only if it
+/// failed, with everything as it was.
 pub fn exec(
+    binary: &Binary,
     path: &Path,
     args: &[OsString],
     env: &[(OsString, OsString)],
     state: state::Writer,
 ) -> anyhow::Error {
-    match try_exec(path, args, env, state) {
+    match try_exec(binary, path, args, env, state) {
         Ok(never) => match never {},
         Err(e) => e,
     }
 }
 
 fn try_exec(
+    binary: &Binary,
     path: &Path,
     args: &[OsString],
     env: &[(OsString, OsString)],
     state: state::Writer,
 ) -> Result<std::convert::Infallible> {
+    binary.check(path)?;
     let keep: Vec<(RawFd, bool)> = state.fds().to_vec();
     let state = state.into_bytes();
     let memfd =
@@ -243,7 +276,6 @@ fn try_exec(
         .context("failed to write the state")?;
     let memfd = OwnedFd::from(file);
     let c = |s: &OsStr| CString::new(s.as_bytes()).context("a NUL byte in an argument");
-    let c_path = c(path.as_os_str())?;
     let c_args = args.iter().map(|a| c(a)).collect::<Result<Vec<_>>>()?;
     let mut c_env = Vec::with_capacity(env.len() + 1);
     for (name, value) in env {
@@ -264,7 +296,7 @@ fn try_exec(
         set_cloexec(fd, false);
     }
     set_cloexec(memfd.as_raw_fd(), false);
-    let error = match nix::unistd::execve(&c_path, &c_args, &c_env) {
+    let error = match nix::unistd::fexecve(&binary.0, &c_args, &c_env) {
         Ok(never) => match never {},
         Err(e) => e,
     };

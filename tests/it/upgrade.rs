@@ -502,3 +502,53 @@ fn a_generation_booting_across_an_upgrade_is_heard_when_ready() {
     let left: Vec<_> = fs::read_dir(&run).expect("ls run").flatten().collect();
     assert!(left.is_empty(), "{left:?}\n{}", srv.describe());
 }
+
+#[test]
+fn a_failed_exec_after_a_yes_leaves_everything_as_it_was() {
+    let sb = Sandbox::new();
+    let (bin, srv, worker) = start_copy(&sb);
+    let fds_before = open_fds(srv.pid());
+    // Answers the probe as start_server would (state version 1), having
+    // made itself not executable, so that the exec that follows fails.
+    replace_with_script(
+        &bin,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\n\
+         chmod a-x \"$0\"\necho 'start_server reads state version 1'\n",
+    );
+    let out = srv.client(upgrade_args(&sb)).finish(TIMEOUT);
+    out.assert_failure("execve");
+    assert!(
+        out.stderr.contains("Permission denied"),
+        "{}",
+        out.describe()
+    );
+    srv.assert_running();
+    srv.wait_serving(worker.pid);
+    // Our own descriptors are close-on-exec again: a new worker inherits
+    // only the sockets and stdio.
+    srv.signal(Signal::SIGHUP);
+    let next = srv.wait_current(2);
+    assert_eq!(next.fds(), worker.fds(), "{}", srv.describe());
+    // Nothing of the attempt is left open (the gone client's connection
+    // went with the restart's first message).
+    assert_eq!(open_fds(srv.pid()), fds_before, "{}", srv.describe());
+    srv.stop();
+}
+
+#[test]
+fn a_binary_replaced_after_it_answered_is_not_run() {
+    let sb = Sandbox::new();
+    let (bin, srv, worker) = start_copy(&sb);
+    // Answers as start_server would, then puts something else in its place.
+    replace_with_script(
+        &bin,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\n\
+         cp \"$0\" \"$0.x\" && mv \"$0.x\" \"$0\"\n\
+         echo 'start_server reads state version 1'\n",
+    );
+    let out = srv.client(upgrade_args(&sb)).finish(TIMEOUT);
+    out.assert_failure("was replaced after it answered");
+    srv.assert_running();
+    srv.wait_serving(worker.pid);
+    srv.stop();
+}
