@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::progress::Progress;
 use crate::settings::{Seconds, Settings};
+use crate::systemd::{Notice, State};
 
 /// Monotonic time since the supervisor started.
 pub type Time = Duration;
@@ -130,6 +131,9 @@ pub enum Action {
     Exit,
     /// Tell `--restart` clients how the start in progress goes.
     Progress(Progress),
+    /// Tell the service manager (sd_notify); only after
+    /// [`Lifecycle::notify_service_manager`].
+    Notify(Notice),
 }
 
 /// A worker process and the generation it was started as.
@@ -233,6 +237,18 @@ pub struct Lifecycle {
     /// With `--signal-timeout`: the workers signalled (after a restart or
     /// at shutdown) and not reaped yet, each with its first signal.
     signalled: Vec<Signalled>,
+    /// What the service manager is told, when it is.
+    service: Option<Service>,
+}
+
+/// What the service manager was told (`--systemd-notify`).
+#[derive(Debug, Clone, Default)]
+struct Service {
+    /// `READY=1` was sent once: later generations made current by a crash
+    /// restart or an auto-restart only change `STATUS=`.
+    ready_sent: bool,
+    /// `RELOADING=1` was sent and its `READY=1` is still to come.
+    reloading: bool,
 }
 
 /// After TERM or INT: the workers still to exit, and the signal they got.
@@ -279,12 +295,38 @@ impl Lifecycle {
             failed_starts: 0,
             stopping: None,
             signalled: Vec::new(),
+            service: None,
         }
+    }
+
+    /// From now on, tell the service manager about the lifecycle
+    /// ([`Action::Notify`]).
+    pub fn notify_service_manager(&mut self) {
+        self.service = Some(Service::default());
     }
 
     /// The current worker, once one has passed its start check.
     pub fn current(&self) -> Option<Worker> {
         self.current
+    }
+
+    /// Whether `pid` is one of our workers (current, old, in its start
+    /// check, or still to exit after TERM/INT); any other child is an
+    /// orphan or a helper, none of the core's business.
+    pub fn is_worker(&self, pid: i32) -> bool {
+        let checking = match &self.start {
+            Some(Start {
+                phase: Phase::Checking(a),
+                ..
+            }) => Some(a.worker),
+            _ => None,
+        };
+        self.current
+            .iter()
+            .chain(&self.old)
+            .chain(checking.iter())
+            .chain(self.stopping.iter().flat_map(|s| &s.remaining))
+            .any(|w| w.pid == pid)
     }
 
     /// Workers of earlier generations that have not exited yet.
@@ -487,6 +529,7 @@ impl Lifecycle {
                     self.hup_restart_at = Some(not_before);
                     log(out, "received HUP, spawning a new worker".to_string());
                     self.begin_restart(not_before);
+                    self.notify_reloading(out);
                 }
                 Due::AutoRestart { forced } => {
                     let text = self
@@ -673,6 +716,7 @@ impl Lifecycle {
                     pid: attempt.worker.pid,
                     status,
                 }));
+                self.notify_failed(attempt.worker, status, out);
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
         }
@@ -744,6 +788,7 @@ impl Lifecycle {
             generation: worker.generation,
             pid: worker.pid,
         }));
+        self.notify_current(worker, out);
         if reason != Reason::Restart {
             return;
         }
@@ -926,6 +971,7 @@ impl Lifecycle {
         for w in &remaining {
             self.send(w.pid, &signal, now, out);
         }
+        self.notify_stopping(remaining.len(), out);
         self.stopping = Some(Stopping { remaining, signal });
         self.exit_when_all_gone(out);
     }
@@ -939,6 +985,65 @@ impl Lifecycle {
 
     fn write_status(&self, out: &mut Vec<Action>) {
         out.push(Action::WriteStatus(self.status_entries()));
+    }
+}
+
+/// What the service manager hears (`--systemd-notify`): `READY=1` once the
+/// first generation is current, `RELOADING=1` when a HUP restart begins
+/// and `READY=1` once its generation is current, `STOPPING=1` at TERM or
+/// INT, and `STATUS=` lines a person reads in `systemctl status`.
+impl Lifecycle {
+    fn notice(&mut self, state: Option<State>, status: String, out: &mut Vec<Action>) {
+        if self.service.is_some() {
+            out.push(Action::Notify(Notice { state, status }));
+        }
+    }
+
+    /// A HUP restart began (an auto-restart or a crash is no reload: a
+    /// reload would propagate to `PropagatesReloadTo=` units). A HUP that
+    /// came during a restart causes one more, with a `RELOADING=1` of its
+    /// own, newer than the reload request it answers.
+    fn notify_reloading(&mut self, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        service.reloading = true;
+        let status = format!("restarting: starting generation {}", self.generation + 1);
+        self.notice(Some(State::Reloading), status, out);
+    }
+
+    /// `worker` passed its start check.
+    fn notify_current(&mut self, worker: Worker, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        let state = (!service.ready_sent || service.reloading).then_some(State::Ready);
+        service.ready_sent = true;
+        service.reloading = false;
+        let mut status = format!(
+            "generation {} (pid {}) running",
+            worker.generation, worker.pid
+        );
+        if !self.old.is_empty() {
+            status.push_str(&format!("; {} old workers exiting", self.old.len()));
+        }
+        self.notice(state, status, out);
+    }
+
+    /// A new generation failed its start check: not ready yet.
+    fn notify_failed(&mut self, worker: Worker, status: i32, out: &mut Vec<Action>) {
+        let text = format!(
+            "generation {} (pid {}) failed to start (exit status:{status}); {} failed in a row, retrying",
+            worker.generation,
+            worker.pid,
+            self.failed_starts.max(1)
+        );
+        self.notice(None, text, out);
+    }
+
+    fn notify_stopping(&mut self, workers: usize, out: &mut Vec<Action>) {
+        let status = format!("stopping: waiting for {workers} workers");
+        self.notice(Some(State::Stopping), status, out);
     }
 }
 

@@ -17,6 +17,7 @@ mod log;
 mod notify;
 mod pidfile;
 mod progress;
+mod reaper;
 mod settings;
 mod signals;
 #[cfg(test)]
@@ -24,6 +25,7 @@ mod simulation;
 mod spawn;
 mod status;
 mod supervisor;
+mod systemd;
 
 use std::io::Write;
 use std::process::ExitCode;

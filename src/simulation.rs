@@ -86,6 +86,12 @@
 //!   spawn plus the timeout, moved by `Extend`) without a KILL; a KILL
 //!   goes to it only then, once, right after its `did not send READY=1`
 //!   line.
+//! - "service manager" (sd_notify): `READY=1` comes right after a
+//!   generation is reported current, at most once per generation, and
+//!   only for the first one or to end a reload; every generation made
+//!   current while a reload is pending ends it with `READY=1`;
+//!   `RELOADING=1` only in the step that logs `received HUP`; `STOPPING=1`
+//!   once, in the TERM/INT step.
 //! - "log lines": every line is one of docs/behaviour.md section 4's.
 //! - "no panic": the core never panics.
 //!
@@ -103,7 +109,9 @@ use std::time::Duration;
 use crate::lifecycle::{
     Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Readiness, Sig, Stop, Time, Worker,
 };
+use crate::progress::Progress;
 use crate::settings::{Seconds, Settings, perl_number};
+use crate::systemd::{Notice, State};
 
 /// What a child whose exec failed reports (then it exits with 255).
 const EXEC_FAILURE: &str = "failed to exec ./app: No such file or directory (os error 2)";
@@ -496,6 +504,12 @@ struct World {
     trace: Option<Vec<String>>,
     /// Every action with its time, when recording.
     actions: Vec<(Time, Action)>,
+    /// The generations the service manager was told `READY=1` for.
+    ready_told: BTreeSet<u64>,
+    /// `RELOADING=1` was sent and its `READY=1` is still to come.
+    reload_told: bool,
+    /// `STOPPING=1` was sent.
+    stopping_told: bool,
 }
 
 impl World {
@@ -513,8 +527,10 @@ impl World {
             }),
         };
         let settings = settings(setup.auto_restart, setup.kill_old_delay);
+        let mut core = Lifecycle::new(config, settings.clone(), Time::ZERO);
+        core.notify_service_manager();
         World {
-            core: Lifecycle::new(config, settings.clone(), Time::ZERO),
+            core,
             interval: ms(setup.interval_ms),
             now: Time::ZERO,
             next_pid: 101,
@@ -546,6 +562,9 @@ impl World {
             hup_in_backoff: None,
             trace: record.then(Vec::new),
             actions: Vec::new(),
+            ready_told: BTreeSet::new(),
+            reload_told: false,
+            stopping_told: false,
         }
     }
 
@@ -865,7 +884,10 @@ impl World {
                     self.feed(answer)?;
                 }
                 Action::Exit => self.exit_seen = true,
-                Action::Log(_) | Action::WriteStatus(_) | Action::Progress(_) => {}
+                Action::Log(_)
+                | Action::WriteStatus(_)
+                | Action::Progress(_)
+                | Action::Notify(_) => {}
             }
         }
         Ok(())
@@ -1070,7 +1092,7 @@ impl World {
                         "Exit not right after `exiting`: {actions:?}"
                     );
                 }
-                Action::Progress(_) => {}
+                Action::Progress(_) | Action::Notify(_) => self.check_notice(actions, i)?,
             }
         }
         let stopping = self.core.stopping().is_some();
@@ -1112,6 +1134,72 @@ impl World {
     }
 
     /// A kill before TERM/INT: the end of a restart.
+    /// The "service manager" rule, at `actions[i]` (a `Progress` or a
+    /// `Notify`).
+    fn check_notice(&mut self, actions: &[Action], i: usize) -> Checked {
+        let rule = "service manager";
+        match &actions[i] {
+            Action::Progress(Progress::Current { generation, .. }) => {
+                let must_tell = self.ready_told.is_empty() || self.reload_told;
+                let told = matches!(
+                    actions.get(i + 1),
+                    Some(Action::Notify(Notice {
+                        state: Some(State::Ready),
+                        ..
+                    }))
+                );
+                ensure!(
+                    told == must_tell,
+                    rule,
+                    "generation {generation} current (first told: {}, reload pending: {}), \
+                     READY=1 {}: {actions:?}",
+                    self.ready_told.is_empty(),
+                    self.reload_told,
+                    if told { "sent" } else { "not sent" }
+                );
+            }
+            Action::Notify(notice) => match notice.state {
+                Some(State::Ready) => {
+                    let generation = match i.checked_sub(1).map(|j| &actions[j]) {
+                        Some(Action::Progress(Progress::Current { generation, .. })) => *generation,
+                        _ => {
+                            return Err(Failure {
+                                rule,
+                                detail: format!("READY=1 not right after a current: {actions:?}"),
+                            });
+                        }
+                    };
+                    ensure!(
+                        self.ready_told.insert(generation),
+                        rule,
+                        "READY=1 twice for generation {generation}"
+                    );
+                    self.reload_told = false;
+                }
+                Some(State::Reloading) => {
+                    let hup = actions[..i].iter().any(
+                        |a| matches!(a, Action::Log(l) if l == "received HUP, spawning a new worker"),
+                    );
+                    ensure!(hup, rule, "RELOADING=1 without a HUP restart: {actions:?}");
+                    self.reload_told = true;
+                }
+                Some(State::Stopping) => {
+                    ensure!(
+                        self.stopped.is_some() && !self.stopping_told,
+                        rule,
+                        "STOPPING=1 (stopped: {:?}, told before: {})",
+                        self.stopped,
+                        self.stopping_told
+                    );
+                    self.stopping_told = true;
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn check_restart_kill(&self, pid: i32, signal: &Sig) -> Checked {
         let rule = "restart signals only old workers";
         ensure!(
@@ -1620,6 +1708,7 @@ fn show_action(action: &Action) -> String {
         }
         Action::Exit => "Exit".to_string(),
         Action::Progress(progress) => format!("Progress {progress}"),
+        Action::Notify(notice) => format!("Notify {notice:?}"),
     }
 }
 
@@ -1914,7 +2003,8 @@ impl World {
             .iter()
             .filter(|(at, _)| *at >= ms(from_ms))
             // Progress for `--restart` clients is tested in lifecycle.rs.
-            .filter(|(_, a)| !matches!(a, Action::Progress(_)))
+            // So is what the service manager is told.
+            .filter(|(_, a)| !matches!(a, Action::Progress(_) | Action::Notify(_)))
             .map(|(at, a)| format!("{:.3} {}", at.as_secs_f64(), show_action(a)))
             .collect()
     }

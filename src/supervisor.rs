@@ -37,10 +37,12 @@ use crate::log::{self, LogWriter};
 use crate::notify::{Message, Notifier};
 use crate::pidfile::PidFile;
 use crate::progress;
+use crate::reaper;
 use crate::settings;
 use crate::signals::{SignalName, SignalQueue};
 use crate::spawn::spawn_worker;
 use crate::status::StatusFile;
+use crate::systemd::{self, ServiceManager};
 
 /// The signals held back while setting up: one that arrives while the
 /// sockets are being bound is acted on once the loop runs, instead of
@@ -57,7 +59,8 @@ const SETUP_SIGNALS: [Signal; 6] = [
 /// Sets up, runs the loop until a TERM or INT has been carried out, then
 /// tears down.
 pub fn run(config: Config) -> Result<()> {
-    let supervisor = set_up(config)?;
+    let mode = config.systemd_notify;
+    let supervisor = set_up(config).inspect_err(|e| systemd::report_failure(mode, e))?;
     supervisor.run();
     Ok(())
 }
@@ -100,6 +103,9 @@ fn set_up(config: Config) -> Result<Supervisor> {
         }
     }
     let (signals, log, notifier) = finished?;
+    if config.subreaper {
+        reaper::become_subreaper()?;
+    }
     held.thread_unblock().context("failed to unblock signals")?;
     Ok(Supervisor::new(
         config, sockets, signals, log, pid_file, notifier,
@@ -158,6 +164,16 @@ struct Supervisor {
     /// What `--restart` clients listen to; without it they read the
     /// status file.
     progress: Option<progress::Channel>,
+    /// The service manager in our `NOTIFY_SOCKET` (`--systemd-notify=auto`).
+    service_manager: Option<ServiceManager>,
+    /// As PID 1 or with `--subreaper`: the workers' orphans are ours.
+    adopts_orphans: bool,
+    /// Children we had before the first worker (the `--log-file="| CMD"`
+    /// shell): never taken for orphans.
+    own_children: Vec<i32>,
+    /// `--signal-on-term` and `--signal-timeout`, for the orphans.
+    orphan_signal: Sig,
+    signal_timeout: Option<Duration>,
 }
 
 fn sig(name: &SignalName) -> Sig {
@@ -176,7 +192,13 @@ impl Supervisor {
         pid_file: Option<PidFile>,
         notifier: Option<Notifier>,
     ) -> Supervisor {
-        let mut base_env = Env::inherited();
+        let inherited = Env::inherited();
+        let service_manager = ServiceManager::from_env(config.systemd_notify, &inherited)
+            .unwrap_or_else(|e| {
+                log.line(&e);
+                None
+            });
+        let mut base_env = systemd::worker_env(&inherited, config.systemd_notify);
         for (name, value) in &config.exports {
             base_env.set(*name, value);
         }
@@ -204,8 +226,13 @@ impl Supervisor {
         let progress = progress::Channel::bind()
             .inspect_err(|e| log.line(&format!("failed to listen for --restart clients: {e}")))
             .ok();
+        let mut core = Lifecycle::new(core_config, settings, Time::ZERO);
+        if service_manager.is_some() {
+            core.notify_service_manager();
+        }
+        let adopts_orphans = reaper::adopts_orphans(config.subreaper);
         let mut supervisor = Supervisor {
-            core: Lifecycle::new(core_config, settings, Time::ZERO),
+            core,
             clock: Instant::now(),
             program: config.program,
             dir: config.dir,
@@ -220,6 +247,15 @@ impl Supervisor {
             notifier,
             pid_file,
             progress,
+            service_manager,
+            own_children: if adopts_orphans {
+                reaper::children()
+            } else {
+                Vec::new()
+            },
+            adopts_orphans,
+            orphan_signal: sig(&config.signal_on_term),
+            signal_timeout: config.signal_timeout.as_ref().map(|s| s.duration()),
         };
         supervisor.reload_env();
         supervisor
@@ -263,6 +299,9 @@ impl Supervisor {
                 self.feed(Event::Hup);
             }
             self.feed(Event::Tick);
+            if let Some(manager) = &mut self.service_manager {
+                manager.on_wake(self.clock.elapsed(), &mut self.log);
+            }
             if self.core.exited() {
                 break;
             }
@@ -301,6 +340,11 @@ impl Supervisor {
                 Action::Progress(progress) => {
                     if let Some(channel) = &mut self.progress {
                         channel.send(&progress);
+                    }
+                }
+                Action::Notify(notice) => {
+                    if let Some(manager) = &mut self.service_manager {
+                        manager.notify(&notice, now, &mut self.log);
                     }
                 }
                 Action::Exit => {}
@@ -398,6 +442,11 @@ impl Supervisor {
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.close_worker(pid.as_raw());
             }
+            // An orphan (PID 1, `--subreaper`), the log pipe's shell:
+            // reaped without a line, no event.
+            if !self.core.is_worker(pid.as_raw()) {
+                continue;
+            }
             self.feed(Event::ChildExited {
                 pid: pid.as_raw(),
                 status,
@@ -408,8 +457,16 @@ impl Supervisor {
     /// Waits for a signal, an envdir change, or the next deadline.
     fn sleep(&mut self) -> nix::Result<()> {
         let mut deadline = self.core.next_deadline().map(|t| self.clock + t);
-        if let Some(poll_at) = self.envdir_watch.as_ref().and_then(|w| w.next_poll()) {
-            deadline = Some(deadline.map_or(poll_at, |d| d.min(poll_at)));
+        let service_at = self
+            .service_manager
+            .as_ref()
+            .and_then(ServiceManager::next_deadline);
+        let extra = [
+            self.envdir_watch.as_ref().and_then(|w| w.next_poll()),
+            service_at.map(|t| self.clock + t),
+        ];
+        for at in extra.into_iter().flatten() {
+            deadline = Some(deadline.map_or(at, |d| d.min(at)));
         }
         let timeout = match deadline {
             None => PollTimeout::NONE,
@@ -457,6 +514,21 @@ impl Supervisor {
         Ok(())
     }
 
+    /// The workers are gone: so must their orphans be, before the sockets
+    /// close (one of them may hold a listening socket).
+    fn stop_orphans(&mut self) {
+        let Ok(signal) = Signal::try_from(self.orphan_signal.number) else {
+            return;
+        };
+        reaper::stop_orphans(
+            signal,
+            &self.orphan_signal.name,
+            &self.own_children,
+            self.signal_timeout,
+            &mut self.log,
+        );
+    }
+
     /// Rewrites the status file; a failure is logged, never fatal.
     fn write_status(&mut self, entries: &[(u64, i32)]) {
         let Some(status) = self.status.as_mut() else {
@@ -473,7 +545,10 @@ impl Supervisor {
 
     /// Workers are gone; then the sockets and their files, the status file,
     /// and last the pid file and its lock (`--stop` waits on it).
-    fn tear_down(self) {
+    fn tear_down(mut self) {
+        if self.adopts_orphans {
+            self.stop_orphans();
+        }
         let Supervisor {
             sockets,
             status,
