@@ -82,7 +82,12 @@ fn set_up(config: Config) -> Result<Supervisor> {
         .map(|p| &mut p.fd)
         .chain(log_sink.iter_mut().map(|l| &mut l.fd))
         .collect();
-    let sockets = listen::bind_all(&config.listen, config.backlog, &mut internal)?;
+    // Before `--daemonize`: LISTEN_PID names this process.
+    let activated = listen::activated_sockets(&Env::inherited())?;
+    let mut sockets = listen::bind_all(&config.listen, config.backlog, &mut internal, activated)?;
+    if config.systemd_listen_fds {
+        sockets.place_for_activation(&mut internal)?;
+    }
     let ready = if config.daemonize {
         Some(daemon::daemonize()?)
     } else {
@@ -173,6 +178,8 @@ struct Supervisor {
     own_children: Vec<i32>,
     /// `--signal-on-term` and `--signal-timeout`, for the orphans.
     orphan_signal: Sig,
+    /// `--systemd-listen-fds`: workers get `LISTEN_PID`.
+    systemd_listen_fds: bool,
     signal_timeout: Option<Duration>,
 }
 
@@ -203,6 +210,12 @@ impl Supervisor {
             base_env.set(*name, value);
         }
         base_env.set("SERVER_STARTER_PORT", sockets.env_value());
+        // Never LISTEN_FDS=0: libsystemd takes it for an error.
+        let sockets_empty = sockets.bound.is_empty();
+        if config.systemd_listen_fds && !sockets_empty {
+            base_env.set("LISTEN_FDS", sockets.bound.len().to_string());
+            base_env.set("LISTEN_FDNAMES", sockets.fd_names());
+        }
         let envdir_watch = base_env
             .get("ENVDIR")
             .map(|d| envdir::Watch::new(PathBuf::from(d)));
@@ -255,6 +268,7 @@ impl Supervisor {
             },
             adopts_orphans,
             orphan_signal: sig(&config.signal_on_term),
+            systemd_listen_fds: config.systemd_listen_fds && !sockets_empty,
             signal_timeout: config.signal_timeout.as_ref().map(|s| s.duration()),
         };
         supervisor.reload_env();
@@ -367,7 +381,12 @@ impl Supervisor {
                 }
             }
         }
-        match spawn_worker(&self.program, &env, self.dir.as_deref()) {
+        match spawn_worker(
+            &self.program,
+            &env,
+            self.dir.as_deref(),
+            self.systemd_listen_fds,
+        ) {
             Ok(spawned) => {
                 if let Some(notifier) = self.notifier.as_mut() {
                     notifier.attach(generation, spawned.pid);
