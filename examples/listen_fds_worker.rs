@@ -52,7 +52,10 @@ fn main() {
             let _ = std::fs::rename(&tmp, dir.join(format!("{pid}.listen")));
         }
     }
-    let body = format!("pid={pid} generation={}\n", var("SERVER_STARTER_GENERATION"));
+    let body = format!(
+        "pid={pid} generation={}\n",
+        var("SERVER_STARTER_GENERATION")
+    );
     for fd in 3..3 + count {
         let body = body.clone();
         std::thread::spawn(move || serve(fd, &body));

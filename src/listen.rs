@@ -324,7 +324,13 @@ impl Sockets {
                 None => b
                     .key
                     .chars()
-                    .map(|c| if c.is_ascii_graphic() && c != ':' { c } else { '_' })
+                    .map(|c| {
+                        if c.is_ascii_graphic() && c != ':' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
                     .take(255)
                     .collect(),
             })
@@ -389,10 +395,10 @@ pub fn bind_all(
     let mut sockets = Sockets::default();
     let highest_pin = specs.iter().filter_map(|s| s.pin).max().unwrap_or(0);
     for spec in specs {
-        let adopted = match activated.iter().position(|a| a.matches(spec)) {
-            Some(i) => Some(activated.remove(i)),
-            None => None,
-        };
+        let adopted = activated
+            .iter()
+            .position(|a| a.matches(spec))
+            .map(|i| activated.remove(i));
         let mut bound = match adopted {
             Some(a) => {
                 log_line!(
@@ -456,7 +462,10 @@ pub fn bind_all(
             continue;
         };
         let key = env_key.to_string_lossy().into_owned();
-        log_line!("using socket from systemd for {key} (fd {})", a.fd.as_raw_fd());
+        log_line!(
+            "using socket from systemd for {key} (fd {})",
+            a.fd.as_raw_fd()
+        );
         sockets.bound.push(Bound {
             key,
             env_key,
@@ -502,7 +511,10 @@ fn dup_onto(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Local {
     /// IP; `v6only` for an IPv6 socket with IPV6_V6ONLY.
-    Inet { addr: SocketAddr, v6only: bool },
+    Inet {
+        addr: SocketAddr,
+        v6only: bool,
+    },
     Unix(Vec<u8>),
     Abstract(Vec<u8>),
     /// Unnamed, or a family we do not name sockets of.
@@ -532,7 +544,13 @@ impl Activated {
             (Target::Inet { host: None, port }, Local::Inet { addr, .. }) => {
                 addr.port() == *port && addr.ip().is_unspecified()
             }
-            (Target::Inet { host: Some(h), port }, Local::Inet { addr, .. }) => {
+            (
+                Target::Inet {
+                    host: Some(h),
+                    port,
+                },
+                Local::Inet { addr, .. },
+            ) => {
                 addr.port() == *port
                     && resolve_v4(h).is_ok_and(|ip| addr.ip() == std::net::IpAddr::V4(ip))
             }
@@ -673,8 +691,7 @@ fn describe(fd: OwnedFd, name: Option<String>) -> Result<Activated> {
             Errno::last()
         );
     }
-    if kind == libc::SOCK_STREAM && !socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false)
-    {
+    if kind == libc::SOCK_STREAM && !socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
         bail!(
             "fd {raw} from systemd is a connection, not a listening socket (Accept=yes in the .socket unit?); start_server needs Accept=no"
         );

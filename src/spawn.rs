@@ -354,7 +354,12 @@ mod tests {
 
     #[test]
     fn pids_in_decimal_without_padding() {
-        for (pid, text) in [(1, "1"), (10, "10"), (4242, "4242"), (i32::MAX, "2147483647")] {
+        for (pid, text) in [
+            (1, "1"),
+            (10, "10"),
+            (4242, "4242"),
+            (i32::MAX, "2147483647"),
+        ] {
             let mut room = [0u8; PID_DIGITS];
             // SAFETY: room holds PID_DIGITS bytes.
             unsafe { write_pid(room.as_mut_ptr(), pid) };

@@ -28,5 +28,6 @@ mod restart;
 mod shutdown;
 mod sockets;
 mod status_file;
+mod systemd;
 mod unix_socket;
 mod workers;
