@@ -635,6 +635,58 @@ mod tests {
     }
 
     #[test]
+    fn systemd_and_container_options() {
+        let start = |s: &str| match parse(words(s), false) {
+            Ok(Mode::Start(c)) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        let c = start("app");
+        assert_eq!(c.systemd_notify, SystemdNotify::Auto);
+        assert!(!c.systemd_listen_fds && !c.subreaper);
+        for (mode, want) in [
+            ("auto", SystemdNotify::Auto),
+            ("off", SystemdNotify::Off),
+            ("pass", SystemdNotify::Pass),
+        ] {
+            assert_eq!(
+                start(&format!("--systemd-notify={mode} app")).systemd_notify,
+                want
+            );
+        }
+        let c = start("--systemd-listen-fds --subreaper app");
+        assert!(c.systemd_listen_fds && c.subreaper);
+        for (args, message) in [
+            (
+                "--systemd-notify=yes app",
+                "invalid --systemd-notify value \"yes\": must be auto, off or pass",
+            ),
+            (
+                "--systemd-notify=pass --notify-ready app",
+                "--systemd-notify=pass cannot go with --notify-ready",
+            ),
+        ] {
+            let error = parse(words(args), false).unwrap_err().to_string();
+            assert!(error.starts_with(message), "{args}: {error}");
+        }
+        // Full names only: a prefix is unknown, the reference's
+        // abbreviations keep their meaning.
+        for typed in ["--systemd", "--subreap", "--systemd-listen"] {
+            assert!(
+                opts(&format!("{typed} app"))
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("Unknown option"),
+                "{typed}"
+            );
+        }
+        assert_eq!(
+            opts("--s app").unwrap_err().to_string(),
+            "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
+        );
+        assert!(opts("--st app").is_err());
+    }
+
+    #[test]
     fn extension_values() {
         let start = |s: &str| match parse(words(s), false) {
             Ok(Mode::Start(c)) => c,

@@ -1182,6 +1182,107 @@ mod tests {
             .collect()
     }
 
+    fn notices(actions: &[Action]) -> Vec<(Option<State>, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(n) => Some((n.state, n.status.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
+        let mut c = core(1000);
+        let spawned = |pid| Event::Spawned { pid, failure: None };
+        // Nothing unless asked for.
+        c.step(Event::Tick, ms(0));
+        assert_eq!(notices(&c.step(spawned(10), ms(0))), []);
+        assert_eq!(notices(&c.step(Event::Tick, ms(1000))), []);
+
+        let mut c = core(1000);
+        c.notify_service_manager();
+        c.step(Event::Tick, ms(0));
+        assert_eq!(notices(&c.step(spawned(10), ms(0))), []);
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(1000))),
+            [(
+                Some(State::Ready),
+                "generation 1 (pid 10) running".to_string()
+            )]
+        );
+        c.step(Event::Hup, ms(2000));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(2000))),
+            [(
+                Some(State::Reloading),
+                "restarting: starting generation 2".to_string()
+            )]
+        );
+        c.step(spawned(11), ms(2000));
+        c.step(
+            Event::ChildExited {
+                pid: 11,
+                status: 256,
+            },
+            ms(2500),
+        );
+        // A failed attempt: STATUS only, the reload is not done.
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(3000))),
+            [(
+                None,
+                "generation 2 (pid 11) failed to start (exit status:256); 1 failed in a row, retrying"
+                    .to_string()
+            )]
+        );
+        c.step(spawned(12), ms(3000));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(4000))),
+            [(
+                Some(State::Ready),
+                "generation 3 (pid 12) running; 1 old workers exiting".to_string()
+            )]
+        );
+        // A crash restart is no reload: STATUS only.
+        c.step(Event::ChildExited { pid: 10, status: 0 }, ms(4100));
+        c.step(Event::ChildExited { pid: 12, status: 9 }, ms(4200));
+        c.step(Event::Tick, ms(4200));
+        c.step(spawned(13), ms(4200));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(5200))),
+            [(None, "generation 4 (pid 13) running".to_string())]
+        );
+        assert_eq!(
+            notices(&c.step(Event::Stop(Stop::Term), ms(6000))),
+            [(
+                Some(State::Stopping),
+                "stopping: waiting for 1 workers".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn only_workers_are_workers() {
+        let mut c = core(1000);
+        c.step(Event::Tick, ms(0));
+        c.step(
+            Event::Spawned {
+                pid: 10,
+                failure: None,
+            },
+            ms(0),
+        );
+        assert!(c.is_worker(10) && !c.is_worker(11));
+        c.step(Event::Tick, ms(1000));
+        assert!(c.is_worker(10));
+        c.step(Event::Stop(Stop::Term), ms(2000));
+        assert!(c.is_worker(10));
+        c.step(Event::ChildExited { pid: 10, status: 0 }, ms(2100));
+        assert!(!c.is_worker(10));
+    }
+
     #[test]
     fn a_restart_reports_each_attempt_its_failure_and_the_new_current() {
         let mut c = core(1000);
