@@ -89,7 +89,7 @@ fn set_up(config: Config) -> Result<Supervisor> {
         sockets.place_for_activation(&mut internal)?;
     }
     let ready = if config.daemonize {
-        Some(daemon::daemonize()?)
+        Some(daemon::daemonize(config.systemd_notify)?)
     } else {
         None
     };

@@ -278,6 +278,46 @@ pub fn report_failure(mode: SystemdNotify, error: &anyhow::Error) {
     );
 }
 
+/// How long `--daemonize`'s first process waits for the service manager to
+/// take in `MAINPID=` (`sd_notify_barrier(3)`'s default).
+const BARRIER_TIMEOUT_MS: u16 = 5000;
+
+/// `--daemonize` under `Type=notify`: the process the service manager
+/// started says which pid is the main one now, and waits until the manager
+/// has read it (`BARRIER=1` with one end of a pipe: the manager closes it
+/// after processing every earlier message), so that the daemon is the main
+/// pid before this process exits. Everything else the daemon sends.
+pub fn announce_main_pid(mode: SystemdNotify, pid: &str) {
+    let Ok(Some(manager)) = ServiceManager::from_env(mode, &Env::inherited()) else {
+        return;
+    };
+    let fd = manager.socket.as_raw_fd();
+    let main = format!("MAINPID={pid}\n");
+    if sendto(fd, main.as_bytes(), &manager.addr, MsgFlags::MSG_NOSIGNAL).is_err() {
+        return;
+    }
+    let Ok((wait, give)) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC) else {
+        return;
+    };
+    let iov = [std::io::IoSlice::new(b"BARRIER=1\n")];
+    let fds = [give.as_raw_fd()];
+    let sent = nix::sys::socket::sendmsg(
+        fd,
+        &iov,
+        &[nix::sys::socket::ControlMessage::ScmRights(&fds)],
+        MsgFlags::MSG_NOSIGNAL,
+        Some(&manager.addr),
+    );
+    drop(give);
+    if sent.is_ok() {
+        let mut poll_fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&wait),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let _ = nix::poll::poll(&mut poll_fds, BARRIER_TIMEOUT_MS);
+    }
+}
+
 /// The workers' environment: without socket activation's variables (they
 /// were for start_server, or for nobody), and without the service
 /// manager's unless `--systemd-notify=pass`.

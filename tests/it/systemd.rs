@@ -57,7 +57,7 @@ impl Receiver {
     /// One datagram and its sender's pid, if one comes within 100 ms.
     fn next(&self) -> Option<(String, i32)> {
         let mut buf = [0u8; 4096];
-        let mut space = nix::cmsg_space!(UnixCredentials);
+        let mut space = nix::cmsg_space!(UnixCredentials, [std::os::fd::RawFd; 4]);
         let mut iov = [IoSliceMut::new(&mut buf)];
         let msg = recvmsg::<()>(
             self.socket.as_raw_fd(),
@@ -66,14 +66,22 @@ impl Receiver {
             MsgFlags::empty(),
         )
         .ok()?;
-        let pid = msg
-            .cmsgs()
-            .ok()?
-            .find_map(|c| match c {
-                ControlMessageOwned::ScmCredentials(cred) => Some(cred.pid()),
-                _ => None,
-            })
-            .unwrap_or(-1);
+        let mut pid = -1;
+        for c in msg.cmsgs().ok()? {
+            match c {
+                ControlMessageOwned::ScmCredentials(cred) => pid = cred.pid(),
+                // A barrier's fd: closing it is the answer.
+                ControlMessageOwned::ScmRights(fds) => {
+                    for fd in fds {
+                        // SAFETY: just received, owned by nobody else.
+                        drop(unsafe {
+                            <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+                        });
+                    }
+                }
+                _ => {}
+            }
+        }
         let len = msg.bytes;
         Some((String::from_utf8_lossy(&buf[..len]).into_owned(), pid))
     }
@@ -608,4 +616,41 @@ fn as_pid_1_start_server_reaps_orphans_and_stops_on_term_needs_unshare() {
         srv.describe()
     );
     assert!(!out.contains("died unexpectedly"), "{}", srv.describe());
+}
+
+#[test]
+fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    let launcher = sb
+        .server()
+        .arg("--daemonize")
+        .env("NOTIFY_SOCKET", &rx.address)
+        .spawn();
+    let got = rx.until(&launcher, "READY=1");
+    let status = launcher.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", launcher.describe());
+    let daemon: i32 = std::fs::read_to_string(sb.pid_file())
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // MAINPID= from the process the manager started, then the barrier,
+    // and only then anything from the daemon.
+    assert_eq!(
+        got[0],
+        (format!("MAINPID={daemon}\n"), launcher.pid()),
+        "{got:?}"
+    );
+    assert_eq!(
+        got[1],
+        ("BARRIER=1\n".to_string(), launcher.pid()),
+        "{got:?}"
+    );
+    assert!(got[2..].iter().all(|(_, pid)| *pid == daemon), "{got:?}");
+    let stop = launcher.client([
+        "--stop".into(),
+        format!("--pid-file={}", sb.pid_file().display()),
+    ]);
+    stop.finish(TIMEOUT).assert_success();
 }
