@@ -654,3 +654,39 @@ fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
     ]);
     stop.finish(TIMEOUT).assert_success();
 }
+
+#[test]
+fn adopted_sockets_in_another_order_are_rearranged_for_listen_fds() {
+    // systemd's fd 3 is the unix socket and fd 4 the TCP one; the options
+    // name TCP first: the worker must get TCP at 3 and the unix socket at
+    // 4, neither clobbered on the way.
+    let sb = Sandbox::new();
+    let path = sb.path("app.sock");
+    let srv = sb
+        .server()
+        .wrapper(activate(&[
+            format!("--unix={}", path.display()),
+            format!("--tcp={}", sb.host_port()),
+        ]))
+        .arg(format!("--path={}", path.display()))
+        .arg("--systemd-listen-fds")
+        .program([example_bin("listen_fds_worker")])
+        .env("LFW_DIR", sb.tw_dir())
+        .spawn();
+    let pid = srv.wait_value("a worker answering", || {
+        answer_pid(&http_get(sb.port).ok()?)
+    });
+    let report = listen_report(&sb, &srv, pid);
+    assert_eq!(
+        report["server_starter_port"],
+        format!("{}=3;{}=4", sb.host_port(), path.display())
+    );
+    assert_eq!(report["listen_fds"], "2", "{report:?}");
+    assert_eq!(
+        answer_pid(&http_get_unix(&path).expect("unix")),
+        Some(pid),
+        "{}",
+        srv.describe()
+    );
+    srv.stop();
+}
