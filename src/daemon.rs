@@ -28,7 +28,9 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { child } => {
             drop(write);
-            let answer = read_answer(std::fs::File::from(read));
+            // Kept open until we exit: the daemon waits for that.
+            let mut from_daemon = std::fs::File::from(read);
+            let answer = read_answer(&mut from_daemon);
             let _ = nix::sys::wait::waitpid(child, None);
             if let Some(pid) = answer.strip_prefix("ok ").map(str::trim_end) {
                 systemd::announce_main_pid(notify, pid);
@@ -55,7 +57,7 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
 
 /// The daemon's answer: `ok PID` and a newline once it is ready (it then
 /// waits for us to close our end), or its error, ended by EOF.
-fn read_answer(mut from: std::fs::File) -> String {
+fn read_answer(from: &mut std::fs::File) -> String {
     let mut answer = Vec::new();
     let mut chunk = [0u8; 512];
     loop {

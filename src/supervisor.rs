@@ -28,7 +28,7 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::cli::Config;
+use crate::cli::{Config, SystemdNotify};
 use crate::daemon;
 use crate::envdir::{self, Env};
 use crate::lifecycle::{self, Action, Event, Lifecycle, Sig, Stop, Time};
@@ -200,12 +200,23 @@ impl Supervisor {
         notifier: Option<Notifier>,
     ) -> Supervisor {
         let inherited = Env::inherited();
-        let service_manager = ServiceManager::from_env(config.systemd_notify, &inherited)
-            .unwrap_or_else(|e| {
-                log.line(&e);
-                None
+        // Survived: without a service manager to talk to, `auto` hands
+        // NOTIFY_SOCKET on, as `pass` does.
+        let connected =
+            ServiceManager::from_env(config.systemd_notify, &inherited).and_then(|manager| {
+                match manager {
+                    Some(mut m) => m.probe().map(|()| Some(m)),
+                    None => Ok(None),
+                }
             });
-        let mut base_env = systemd::worker_env(&inherited, config.systemd_notify);
+        let (service_manager, env_mode) = match connected {
+            Ok(manager) => (manager, config.systemd_notify),
+            Err(line) => {
+                log.line(&line);
+                (None, SystemdNotify::Pass)
+            }
+        };
+        let mut base_env = systemd::worker_env(&inherited, env_mode);
         for (name, value) in &config.exports {
             base_env.set(*name, value);
         }

@@ -193,6 +193,24 @@ impl ServiceManager {
         }))
     }
 
+    /// Whether the service manager is there: a first `STATUS=` line that
+    /// must not fail (a queue that is full only delays it). A
+    /// `NOTIFY_SOCKET` that names nothing is no service manager's, and
+    /// `auto` then leaves it to the workers as the reference does.
+    pub fn probe(&mut self) -> Result<(), String> {
+        match sendto(
+            self.socket.as_raw_fd(),
+            b"STATUS=starting\n",
+            &self.addr,
+            MsgFlags::MSG_NOSIGNAL,
+        ) {
+            Ok(_) | Err(Errno::EAGAIN) => Ok(()),
+            Err(e) => Err(format!(
+                "NOTIFY_SOCKET names no service manager ({e}); not notifying, passing it on to the workers"
+            )),
+        }
+    }
+
     /// Sends what the core decided.
     pub fn notify(&mut self, notice: &Notice, now: Time, log: &mut LogWriter) {
         let datagram = notice.datagram(monotonic_usec);
@@ -320,7 +338,8 @@ pub fn announce_main_pid(mode: SystemdNotify, pid: &str) {
 
 /// The workers' environment: without socket activation's variables (they
 /// were for start_server, or for nobody), and without the service
-/// manager's unless `--systemd-notify=pass`.
+/// manager's unless `--systemd-notify=pass` (which `auto` becomes when
+/// start_server cannot speak to the one named).
 pub fn worker_env(env: &Env, mode: SystemdNotify) -> Env {
     let mut kept = Env::default();
     for (name, value) in env.iter() {
