@@ -930,6 +930,7 @@ impl Lifecycle {
             log(out, format!("old worker {pid} died, status:{status}"));
             self.old.remove(i);
             self.write_status(out);
+            self.notify_old_exited(out);
         }
         // Any other child (the log pipe's shell, an orphan re-parented to
         // us) is reaped silently.
@@ -1012,6 +1013,26 @@ impl Lifecycle {
         self.notice(Some(State::Reloading), status, out);
     }
 
+    /// `generation N (pid P) running`, with the old workers still exiting.
+    fn running_status(&self, worker: Worker) -> String {
+        let mut status = format!(
+            "generation {} (pid {}) running",
+            worker.generation, worker.pid
+        );
+        if !self.old.is_empty() {
+            status.push_str(&format!("; {} old workers exiting", self.old.len()));
+        }
+        status
+    }
+
+    /// An old worker exited: the count in `STATUS=` goes down.
+    fn notify_old_exited(&mut self, out: &mut Vec<Action>) {
+        if let (Some(current), None) = (self.current, &self.start) {
+            let status = self.running_status(current);
+            self.notice(None, status, out);
+        }
+    }
+
     /// `worker` passed its start check.
     fn notify_current(&mut self, worker: Worker, out: &mut Vec<Action>) {
         let Some(service) = self.service.as_mut() else {
@@ -1020,13 +1041,7 @@ impl Lifecycle {
         let state = (!service.ready_sent || service.reloading).then_some(State::Ready);
         service.ready_sent = true;
         service.reloading = false;
-        let mut status = format!(
-            "generation {} (pid {}) running",
-            worker.generation, worker.pid
-        );
-        if !self.old.is_empty() {
-            status.push_str(&format!("; {} old workers exiting", self.old.len()));
-        }
+        let status = self.running_status(worker);
         self.notice(state, status, out);
     }
 
@@ -1245,8 +1260,11 @@ mod tests {
                 "generation 3 (pid 12) running; 1 old workers exiting".to_string()
             )]
         );
+        assert_eq!(
+            notices(&c.step(Event::ChildExited { pid: 10, status: 0 }, ms(4100))),
+            [(None, "generation 3 (pid 12) running".to_string())]
+        );
         // A crash restart is no reload: STATUS only.
-        c.step(Event::ChildExited { pid: 10, status: 0 }, ms(4100));
         c.step(Event::ChildExited { pid: 12, status: 9 }, ms(4200));
         c.step(Event::Tick, ms(4200));
         c.step(spawned(13), ms(4200));
