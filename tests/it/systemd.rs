@@ -5,6 +5,9 @@
 //! start_server) and out (`--systemd-listen-fds`, checked by the
 //! `listen_fds_worker` example), `--subreaper`, and start_server as PID 1
 //! of a new PID namespace.
+//!
+//! All of these are extensions (COMPATIBILITY.md, "Extensions"): against
+//! the Perl reference (`START_SERVER_BIN`) they fail.
 
 use std::io::IoSliceMut;
 use std::os::fd::AsRawFd;
