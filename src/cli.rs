@@ -63,9 +63,30 @@ pub struct Config {
     /// `--notify-timeout`: how long `--notify-ready` waits for `READY=1`
     /// before SIGKILL; `None` (0) = for ever. 90 by default.
     pub notify_timeout: Option<Seconds>,
+    /// `--systemd-notify`: whether start_server speaks sd_notify to the
+    /// service manager that started it.
+    pub systemd_notify: SystemdNotify,
+    /// `--systemd-listen-fds`: workers also get their sockets the socket
+    /// activation way (fds 3.., `LISTEN_FDS`, `LISTEN_PID`).
+    pub systemd_listen_fds: bool,
+    /// `--subreaper`: orphans of workers become our children.
+    pub subreaper: bool,
     /// Environment variables the options export (`ENVDIR`, ...), in order.
     pub exports: Vec<(&'static str, OsString)>,
     pub program: Vec<OsString>,
+}
+
+/// `--systemd-notify=auto|off|pass`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemdNotify {
+    /// Speak sd_notify when `NOTIFY_SOCKET` was set for us; strip it (and
+    /// the watchdog variables) from the workers' environment.
+    Auto,
+    /// Send nothing; still strip.
+    Off,
+    /// Send nothing and hand the variables on to the workers, as the
+    /// reference does.
+    Pass,
 }
 
 /// How an option takes its value, as in Getopt::Long's spec (`=s`, `=i`, flag).
@@ -110,6 +131,9 @@ const EXTENSIONS: &[(&str, Kind)] = &[
     ("max-retry-interval", Kind::Int),
     ("notify-ready", Kind::Flag),
     ("notify-timeout", Kind::Int),
+    ("systemd-notify", Kind::Str),
+    ("systemd-listen-fds", Kind::Flag),
+    ("subreaper", Kind::Flag),
     ("upgrade", Kind::Flag),
 ];
 
@@ -423,6 +447,18 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         }),
     };
 
+    let systemd_notify = match parsed.text("systemd-notify")? {
+        None | Some("auto") => SystemdNotify::Auto,
+        Some("off") => SystemdNotify::Off,
+        Some("pass") => SystemdNotify::Pass,
+        Some(v) => bail!("invalid --systemd-notify value {v:?}: must be auto, off or pass"),
+    };
+    if systemd_notify == SystemdNotify::Pass && notify_ready {
+        bail!(
+            "--systemd-notify=pass cannot go with --notify-ready: the workers' NOTIFY_SOCKET is start_server's then"
+        );
+    }
+
     // These four are read back from the environment at every turn of the
     // supervisor loop, so that an envdir can change them (docs/behaviour.md section 1).
     let mut exports = Vec::new();
@@ -457,6 +493,9 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         max_retry_interval,
         notify_ready,
         notify_timeout,
+        systemd_notify,
+        systemd_listen_fds: parsed.flag("systemd-listen-fds"),
+        subreaper: parsed.flag("subreaper"),
         exports,
         program: parsed.args,
     })))
@@ -517,6 +556,16 @@ Extensions (not in the Perl version; off by default; full names only):
   --notify-timeout=SECS       with --notify-ready, SIGKILL a new program
                               that sent no READY=1 within SECS; it may send
                               EXTEND_TIMEOUT_USEC=N (default: 90; 0, never)
+  --systemd-notify=MODE       auto: tell the service manager in $NOTIFY_SOCKET
+                              when start_server is ready, reloading (HUP) and
+                              stopping, and keep its variables from the
+                              programs; off: tell it nothing; pass: hand
+                              $NOTIFY_SOCKET on to the programs (default: auto)
+  --systemd-listen-fds        also give the programs their sockets at fds
+                              3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and
+                              LISTEN_PID (socket activation)
+  --subreaper                 adopt the programs' orphans: reap them, and stop
+                              them with the programs (PR_SET_CHILD_SUBREAPER)
   --upgrade                   upgrade a running start_server to the binary
                               now at the path it was started as, keeping
                               its pid, sockets and workers (SIGUSR2), and
@@ -593,6 +642,58 @@ mod tests {
                 "{typed}"
             );
         }
+    }
+
+    #[test]
+    fn systemd_and_container_options() {
+        let start = |s: &str| match parse(words(s), false) {
+            Ok(Mode::Start(c)) => c,
+            other => panic!("{s}: {other:?}"),
+        };
+        let c = start("app");
+        assert_eq!(c.systemd_notify, SystemdNotify::Auto);
+        assert!(!c.systemd_listen_fds && !c.subreaper);
+        for (mode, want) in [
+            ("auto", SystemdNotify::Auto),
+            ("off", SystemdNotify::Off),
+            ("pass", SystemdNotify::Pass),
+        ] {
+            assert_eq!(
+                start(&format!("--systemd-notify={mode} app")).systemd_notify,
+                want
+            );
+        }
+        let c = start("--systemd-listen-fds --subreaper app");
+        assert!(c.systemd_listen_fds && c.subreaper);
+        for (args, message) in [
+            (
+                "--systemd-notify=yes app",
+                "invalid --systemd-notify value \"yes\": must be auto, off or pass",
+            ),
+            (
+                "--systemd-notify=pass --notify-ready app",
+                "--systemd-notify=pass cannot go with --notify-ready",
+            ),
+        ] {
+            let error = parse(words(args), false).unwrap_err().to_string();
+            assert!(error.starts_with(message), "{args}: {error}");
+        }
+        // Full names only: a prefix is unknown, the reference's
+        // abbreviations keep their meaning.
+        for typed in ["--systemd", "--subreap", "--systemd-listen"] {
+            assert!(
+                opts(&format!("{typed} app"))
+                    .unwrap_err()
+                    .to_string()
+                    .starts_with("Unknown option"),
+                "{typed}"
+            );
+        }
+        assert_eq!(
+            opts("--s app").unwrap_err().to_string(),
+            "Option s is ambiguous (signal-on-hup, signal-on-term, status-file, stop)"
+        );
+        assert!(opts("--st app").is_err());
     }
 
     #[test]

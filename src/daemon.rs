@@ -9,6 +9,9 @@ use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
 use nix::unistd::{ForkResult, fork, setsid};
 
+use crate::cli::SystemdNotify;
+use crate::systemd;
+
 /// The daemon's end of the pipe the starting process waits on.
 pub struct Ready {
     report: OwnedFd,
@@ -17,16 +20,20 @@ pub struct Ready {
 /// Detaches; returns only in the daemon. The processes in between leave
 /// through `std::process::exit`, which runs no destructor: the sockets and
 /// their files stay the daemon's.
-pub fn daemonize() -> Result<Ready> {
+/// Under a service manager that waits for sd_notify (`--systemd-notify`),
+/// the process it started tells it the daemon's pid before exiting.
+pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { child } => {
             drop(write);
-            let mut answer = String::new();
-            let _ = std::fs::File::from(read).read_to_string(&mut answer);
+            // Kept open until we exit: the daemon waits for that.
+            let mut from_daemon = std::fs::File::from(read);
+            let answer = read_answer(&mut from_daemon);
             let _ = nix::sys::wait::waitpid(child, None);
-            if answer == "ok" {
+            if let Some(pid) = answer.strip_prefix("ok ").map(str::trim_end) {
+                systemd::announce_main_pid(notify, pid);
                 std::process::exit(0);
             }
             let message = if answer.is_empty() {
@@ -48,6 +55,25 @@ pub fn daemonize() -> Result<Ready> {
     }
 }
 
+/// The daemon's answer: `ok PID` and a newline once it is ready (it then
+/// waits for us to close our end), or its error, ended by EOF.
+fn read_answer(from: &mut std::fs::File) -> String {
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 512];
+    loop {
+        match from.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => break,
+        }
+        if answer.starts_with(b"ok ") && answer.ends_with(b"\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 impl Ready {
     /// Points stdin at /dev/null, unless a socket was pinned there (`=0`).
     pub fn detach_stdin(&self, socket_on_stdin: bool) -> Result<()> {
@@ -59,7 +85,20 @@ impl Ready {
     }
 
     pub fn report_ready(self) {
-        let _ = std::fs::File::from(self.report).write_all(b"ok");
+        let ok = format!("ok {}\n", std::process::id());
+        let mut report = std::fs::File::from(self.report);
+        if report.write_all(ok.as_bytes()).is_err() {
+            return;
+        }
+        // Until the first process exits (it has then told the service
+        // manager our pid, see `systemd::announce_main_pid`), so that
+        // nothing we send reaches the manager before `MAINPID=`. A pipe's
+        // write end polls POLLERR once its reader is gone.
+        let mut fds = [nix::poll::PollFd::new(
+            std::os::fd::AsFd::as_fd(&report),
+            nix::poll::PollFlags::empty(),
+        )];
+        let _ = nix::poll::poll(&mut fds, 6000u16);
     }
 
     pub fn report_error(self, error: &anyhow::Error) {

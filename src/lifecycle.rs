@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use crate::progress::Progress;
 use crate::settings::{Seconds, Settings};
+use crate::systemd::{Notice, State};
 
 mod snapshot;
 
@@ -112,6 +113,16 @@ pub enum Event {
     /// `EXTEND_TIMEOUT_USEC` came on `generation`'s notify socket: its
     /// readiness deadline moves to at least `by` from now.
     Extend { generation: u64, by: Duration },
+    /// An upgrade of start_server itself (SIGUSR2) began: the new binary
+    /// is being asked; or it ended, done (in the new image) or given up.
+    Upgrade(Upgrade),
+}
+
+/// The two ends of an upgrade of start_server itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Upgrade {
+    Begun,
+    Ended,
 }
 
 /// Something to do, returned by [`Lifecycle::step`] in order.
@@ -132,6 +143,9 @@ pub enum Action {
     Exit,
     /// Tell `--restart` clients how the start in progress goes.
     Progress(Progress),
+    /// Tell the service manager (sd_notify); only after
+    /// [`Lifecycle::notify_service_manager`].
+    Notify(Notice),
 }
 
 /// A worker process and the generation it was started as.
@@ -235,6 +249,21 @@ pub struct Lifecycle {
     /// With `--signal-timeout`: the workers signalled (after a restart or
     /// at shutdown) and not reaped yet, each with its first signal.
     signalled: Vec<Signalled>,
+    /// What the service manager is told, when it is.
+    service: Option<Service>,
+}
+
+/// What the service manager was told (`--systemd-notify`).
+#[derive(Debug, Clone, Default)]
+struct Service {
+    /// `READY=1` was sent once: later generations made current by a crash
+    /// restart or an auto-restart only change `STATUS=`.
+    ready_sent: bool,
+    /// `RELOADING=1` was sent and its `READY=1` is still to come.
+    reloading: bool,
+    /// The pending `RELOADING=1` is an upgrade's: its end sends `READY=1`
+    /// unless a restart took the reload over meanwhile.
+    upgrading: bool,
 }
 
 /// After TERM or INT: the workers still to exit, and the signal they got.
@@ -281,12 +310,38 @@ impl Lifecycle {
             failed_starts: 0,
             stopping: None,
             signalled: Vec::new(),
+            service: None,
         }
+    }
+
+    /// From now on, tell the service manager about the lifecycle
+    /// ([`Action::Notify`]).
+    pub fn notify_service_manager(&mut self) {
+        self.service = Some(Service::default());
     }
 
     /// The current worker, once one has passed its start check.
     pub fn current(&self) -> Option<Worker> {
         self.current
+    }
+
+    /// Whether `pid` is one of our workers (current, old, in its start
+    /// check, or still to exit after TERM/INT); any other child is an
+    /// orphan or a helper, none of the core's business.
+    pub fn is_worker(&self, pid: i32) -> bool {
+        let checking = match &self.start {
+            Some(Start {
+                phase: Phase::Checking(a),
+                ..
+            }) => Some(a.worker),
+            _ => None,
+        };
+        self.current
+            .iter()
+            .chain(&self.old)
+            .chain(checking.iter())
+            .chain(self.stopping.iter().flat_map(|s| &s.remaining))
+            .any(|w| w.pid == pid)
     }
 
     /// Workers of earlier generations that have not exited yet.
@@ -383,6 +438,8 @@ impl Lifecycle {
                     a.deadline = a.deadline.map(|d| d.max(now + by));
                 }
             }
+            Event::Upgrade(Upgrade::Begun) => self.notify_upgrade_begun(&mut out),
+            Event::Upgrade(Upgrade::Ended) => self.notify_upgrade_ended(&mut out),
         }
         if decide {
             self.advance(now, &mut out);
@@ -489,6 +546,7 @@ impl Lifecycle {
                     self.hup_restart_at = Some(not_before);
                     log(out, "received HUP, spawning a new worker".to_string());
                     self.begin_restart(not_before);
+                    self.notify_reloading(out);
                 }
                 Due::AutoRestart { forced } => {
                     let text = self
@@ -675,6 +733,7 @@ impl Lifecycle {
                     pid: attempt.worker.pid,
                     status,
                 }));
+                self.notify_failed(attempt.worker, status, out);
             }
             None => self.finish_start(attempt.worker, start.reason, now, out),
         }
@@ -746,6 +805,7 @@ impl Lifecycle {
             generation: worker.generation,
             pid: worker.pid,
         }));
+        self.notify_current(worker, out);
         if reason != Reason::Restart {
             return;
         }
@@ -887,6 +947,7 @@ impl Lifecycle {
             log(out, format!("old worker {pid} died, status:{status}"));
             self.old.remove(i);
             self.write_status(out);
+            self.notify_old_exited(out);
         }
         // Any other child (the log pipe's shell, an orphan re-parented to
         // us) is reaped silently.
@@ -928,6 +989,7 @@ impl Lifecycle {
         for w in &remaining {
             self.send(w.pid, &signal, now, out);
         }
+        self.notify_stopping(remaining.len(), out);
         self.stopping = Some(Stopping { remaining, signal });
         self.exit_when_all_gone(out);
     }
@@ -941,6 +1003,116 @@ impl Lifecycle {
 
     fn write_status(&self, out: &mut Vec<Action>) {
         out.push(Action::WriteStatus(self.status_entries()));
+    }
+}
+
+/// What the service manager hears (`--systemd-notify`): `READY=1` once the
+/// first generation is current, `RELOADING=1` when a HUP restart begins
+/// and `READY=1` once its generation is current, `STOPPING=1` at TERM or
+/// INT, and `STATUS=` lines a person reads in `systemctl status`.
+impl Lifecycle {
+    fn notice(&mut self, state: Option<State>, status: String, out: &mut Vec<Action>) {
+        if self.service.is_some() {
+            out.push(Action::Notify(Notice { state, status }));
+        }
+    }
+
+    /// A HUP restart began (an auto-restart or a crash is no reload: a
+    /// reload would propagate to `PropagatesReloadTo=` units). A HUP that
+    /// came during a restart causes one more, with a `RELOADING=1` of its
+    /// own, newer than the reload request it answers.
+    fn notify_reloading(&mut self, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        service.reloading = true;
+        let status = format!("restarting: starting generation {}", self.generation + 1);
+        self.notice(Some(State::Reloading), status, out);
+    }
+
+    /// `generation N (pid P) running`, with the old workers still exiting.
+    fn running_status(&self, worker: Worker) -> String {
+        let mut status = format!(
+            "generation {} (pid {}) running",
+            worker.generation, worker.pid
+        );
+        if !self.old.is_empty() {
+            status.push_str(&format!("; {} old workers exiting", self.old.len()));
+        }
+        status
+    }
+
+    /// An old worker exited: the count in `STATUS=` goes down.
+    fn notify_old_exited(&mut self, out: &mut Vec<Action>) {
+        if let (Some(current), None) = (self.current, &self.start) {
+            let status = self.running_status(current);
+            self.notice(None, status, out);
+        }
+    }
+
+    /// `worker` passed its start check.
+    fn notify_current(&mut self, worker: Worker, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        let state = (!service.ready_sent || service.reloading).then_some(State::Ready);
+        service.ready_sent = true;
+        service.reloading = false;
+        let status = self.running_status(worker);
+        self.notice(state, status, out);
+    }
+
+    /// A new generation failed its start check: not ready yet.
+    fn notify_failed(&mut self, worker: Worker, status: i32, out: &mut Vec<Action>) {
+        let text = format!(
+            "generation {} (pid {}) failed to start (exit status:{status}); {} failed in a row, retrying",
+            worker.generation,
+            worker.pid,
+            self.failed_starts.max(1)
+        );
+        self.notice(None, text, out);
+    }
+
+    /// An upgrade of start_server itself is a reload to systemd, once
+    /// start_server was ready and no reload is pending already.
+    fn notify_upgrade_begun(&mut self, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        if !service.ready_sent || service.reloading {
+            return;
+        }
+        service.reloading = true;
+        service.upgrading = true;
+        self.notice(
+            Some(State::Reloading),
+            "upgrading start_server".to_string(),
+            out,
+        );
+    }
+
+    /// The upgrade's reload ends, unless a restart began meanwhile (its
+    /// generation's `READY=1` ends it then) or the first generation is not
+    /// current yet.
+    fn notify_upgrade_ended(&mut self, out: &mut Vec<Action>) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        if !std::mem::take(&mut service.upgrading) || !service.reloading {
+            return;
+        }
+        if let (Some(current), None) = (self.current, &self.start) {
+            if let Some(service) = self.service.as_mut() {
+                service.reloading = false;
+            }
+            let status = self.running_status(current);
+            self.notice(Some(State::Ready), status, out);
+        }
+    }
+
+    fn notify_stopping(&mut self, workers: usize, out: &mut Vec<Action>) {
+        let status = format!("stopping: waiting for {workers} workers");
+        self.notice(Some(State::Stopping), status, out);
     }
 }
 
@@ -1077,6 +1249,110 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    fn notices(actions: &[Action]) -> Vec<(Option<State>, String)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Notify(n) => Some((n.state, n.status.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_service_manager_hears_ready_reloading_ready_and_stopping() {
+        let mut c = core(1000);
+        let spawned = |pid| Event::Spawned { pid, failure: None };
+        // Nothing unless asked for.
+        c.step(Event::Tick, ms(0));
+        assert_eq!(notices(&c.step(spawned(10), ms(0))), []);
+        assert_eq!(notices(&c.step(Event::Tick, ms(1000))), []);
+
+        let mut c = core(1000);
+        c.notify_service_manager();
+        c.step(Event::Tick, ms(0));
+        assert_eq!(notices(&c.step(spawned(10), ms(0))), []);
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(1000))),
+            [(
+                Some(State::Ready),
+                "generation 1 (pid 10) running".to_string()
+            )]
+        );
+        c.step(Event::Hup, ms(2000));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(2000))),
+            [(
+                Some(State::Reloading),
+                "restarting: starting generation 2".to_string()
+            )]
+        );
+        c.step(spawned(11), ms(2000));
+        c.step(
+            Event::ChildExited {
+                pid: 11,
+                status: 256,
+            },
+            ms(2500),
+        );
+        // A failed attempt: STATUS only, the reload is not done.
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(3000))),
+            [(
+                None,
+                "generation 2 (pid 11) failed to start (exit status:256); 1 failed in a row, retrying"
+                    .to_string()
+            )]
+        );
+        c.step(spawned(12), ms(3000));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(4000))),
+            [(
+                Some(State::Ready),
+                "generation 3 (pid 12) running; 1 old workers exiting".to_string()
+            )]
+        );
+        assert_eq!(
+            notices(&c.step(Event::ChildExited { pid: 10, status: 0 }, ms(4100))),
+            [(None, "generation 3 (pid 12) running".to_string())]
+        );
+        // A crash restart is no reload: STATUS only.
+        c.step(Event::ChildExited { pid: 12, status: 9 }, ms(4200));
+        c.step(Event::Tick, ms(4200));
+        c.step(spawned(13), ms(4200));
+        assert_eq!(
+            notices(&c.step(Event::Tick, ms(5200))),
+            [(None, "generation 4 (pid 13) running".to_string())]
+        );
+        assert_eq!(
+            notices(&c.step(Event::Stop(Stop::Term), ms(6000))),
+            [(
+                Some(State::Stopping),
+                "stopping: waiting for 1 workers".to_string()
+            )]
+        );
+    }
+
+    #[test]
+    fn only_workers_are_workers() {
+        let mut c = core(1000);
+        c.step(Event::Tick, ms(0));
+        c.step(
+            Event::Spawned {
+                pid: 10,
+                failure: None,
+            },
+            ms(0),
+        );
+        assert!(c.is_worker(10) && !c.is_worker(11));
+        c.step(Event::Tick, ms(1000));
+        assert!(c.is_worker(10));
+        c.step(Event::Stop(Stop::Term), ms(2000));
+        assert!(c.is_worker(10));
+        c.step(Event::ChildExited { pid: 10, status: 0 }, ms(2100));
+        assert!(!c.is_worker(10));
     }
 
     #[test]

@@ -1,5 +1,11 @@
-//! Listening sockets: `--port`/`--path` specs, binding, fd pinning and the
-//! `SERVER_STARTER_PORT` value.
+//! Listening sockets: `--port`/`--path` specs, binding, fd pinning, the
+//! sockets a service manager hands over (socket activation, `LISTEN_FDS`,
+//! `sd_listen_fds(3)`) and the `SERVER_STARTER_PORT` value.
+//!
+//! A socket handed over is the service manager's: matched to a `--port` or
+//! `--path` by its address, it is used instead of binding; it is never
+//! listened on again, never unlinked, and its file status flags are left
+//! alone.
 //!
 //! Invariant: once [`bind_all`] returns, every socket is open, blocking (as
 //! the reference creates them) and inheritable (close-on-exec cleared), and
@@ -10,6 +16,7 @@ use std::ffi::{OsStr, OsString};
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, ToSocketAddrs};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
@@ -223,6 +230,14 @@ pub struct Bound {
     /// For a unix socket we created: its path and inode, so that at exit we
     /// remove exactly that file and never one somebody put in its place.
     unix_file: Option<(PathBuf, u64, u64)>,
+    /// For a socket handed over by the service manager: the name it gave
+    /// (`LISTEN_FDNAMES`), if any.
+    pub fd_name: Option<String>,
+    /// Its `=N`, if any.
+    pin: Option<RawFd>,
+    /// With `--systemd-listen-fds`, a pinned socket's second descriptor,
+    /// at its place among fds 3, 4, ...
+    activation_copy: Option<OwnedFd>,
 }
 
 /// The sockets for the supervisor's whole life. Dropping them removes the
@@ -241,6 +256,87 @@ impl Sockets {
                 .iter()
                 .map(|b| (b.env_key.as_os_str(), b.fd.as_raw_fd())),
         )
+    }
+
+    /// `--systemd-listen-fds`: puts socket i at fd 3+i as well, for the
+    /// workers' `LISTEN_FDS`, once and for all in this process, so that
+    /// the child needs no dup2 between fork and exec: any descriptor of
+    /// ours in the way (`internal`, another socket) moves above 3+n first,
+    /// and every descriptor opened later lands above by itself. A socket
+    /// pinned with `=N` keeps N (and `SERVER_STARTER_PORT` names N); one
+    /// pinned inside 3..3+n at another place than its own is an error.
+    pub fn place_for_activation(&mut self, internal: &mut [&mut OwnedFd]) -> Result<()> {
+        let n = RawFd::try_from(self.bound.len()).context("too many sockets")?;
+        let end = 3 + n;
+        let pins: Vec<Option<RawFd>> = self.bound.iter().map(|b| b.pin).collect();
+        for (i, pin) in (0..).zip(&pins) {
+            if let Some(pin) = *pin {
+                if (3..end).contains(&pin) && pin != 3 + i {
+                    bail!(
+                        "--systemd-listen-fds puts the sockets at fds 3-{}, in order; the socket of {} cannot be pinned to fd {pin} (it goes to fd {}): pin it outside 3-{} or at its own place",
+                        end - 1,
+                        self.bound[i as usize].key,
+                        3 + i,
+                        end - 1
+                    );
+                }
+            }
+        }
+        for i in 0..self.bound.len() {
+            let target = 3 + RawFd::try_from(i).context("too many sockets")?;
+            if self.bound[i].fd.as_raw_fd() == target {
+                continue;
+            }
+            for (j, b) in self.bound.iter_mut().enumerate() {
+                if j != i && b.fd.as_raw_fd() == target {
+                    b.fd = move_above(&b.fd, end - 1)?;
+                }
+            }
+            for fd in internal.iter_mut() {
+                if fd.as_raw_fd() == target {
+                    **fd = move_above(fd, end - 1)?;
+                }
+            }
+            let b = &mut self.bound[i];
+            let copy = dup_onto(&b.fd, target).with_context(|| {
+                format!(
+                    "failed to put the socket of {} at fd {target} (--systemd-listen-fds)",
+                    b.key
+                )
+            })?;
+            if b.pin.is_some() {
+                b.activation_copy = Some(copy);
+            } else {
+                b.fd = copy;
+            }
+        }
+        Ok(())
+    }
+
+    /// `LISTEN_FDNAMES` for `--systemd-listen-fds`: the service manager's
+    /// name of a socket it handed over, else the key with what a name may
+    /// not hold (`:`, anything outside printable ASCII) as `_`, at most
+    /// 255 bytes (`systemd.socket(5)`, `FileDescriptorName=`).
+    pub fn fd_names(&self) -> String {
+        self.bound
+            .iter()
+            .map(|b| match &b.fd_name {
+                Some(name) => name.clone(),
+                None => b
+                    .key
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_graphic() && c != ':' {
+                            c
+                        } else {
+                            '_'
+                        }
+                    })
+                    .take(255)
+                    .collect(),
+            })
+            .collect::<Vec<_>>()
+            .join(":")
     }
 
     /// Whether a socket sits on stdin (`=0`), which daemonizing keeps.
@@ -295,16 +391,43 @@ pub fn bind_all(
     specs: &[ListenSpec],
     backlog: i32,
     internal: &mut [&mut OwnedFd],
+    mut activated: Vec<Activated>,
 ) -> Result<Sockets> {
     let mut sockets = Sockets::default();
     let highest_pin = specs.iter().filter_map(|s| s.pin).max().unwrap_or(0);
     for spec in specs {
-        let (fd, unix_file) = bind_one(spec, backlog)?;
-        let mut bound = Bound {
-            key: spec.key.clone(),
-            env_key: spec.env_key(),
-            fd,
-            unix_file,
+        let adopted = activated
+            .iter()
+            .position(|a| a.matches(spec))
+            .map(|i| activated.remove(i));
+        let mut bound = match adopted {
+            Some(a) => {
+                log_line!(
+                    "using socket from systemd for {spec} (fd {})",
+                    a.fd.as_raw_fd()
+                );
+                Bound {
+                    key: spec.key.clone(),
+                    env_key: spec.env_key(),
+                    fd: a.fd,
+                    unix_file: None,
+                    fd_name: a.name,
+                    activation_copy: None,
+                    pin: spec.pin,
+                }
+            }
+            None => {
+                let (fd, unix_file) = bind_one(spec, backlog)?;
+                Bound {
+                    key: spec.key.clone(),
+                    env_key: spec.env_key(),
+                    fd,
+                    unix_file,
+                    fd_name: None,
+                    activation_copy: None,
+                    pin: spec.pin,
+                }
+            }
         };
         if let Some(pin) = spec.pin {
             if bound.fd.as_raw_fd() != pin {
@@ -313,6 +436,7 @@ pub fn bind_all(
                     .bound
                     .iter_mut()
                     .map(|b| &mut b.fd)
+                    .chain(activated.iter_mut().map(|a| &mut a.fd))
                     .chain(internal.iter_mut().map(|f| &mut **f))
                 {
                     if other.as_raw_fd() == pin {
@@ -328,6 +452,30 @@ pub fn bind_all(
             log_line!("socket is duplicated to file descriptor {pin}");
         }
         sockets.bound.push(bound);
+    }
+    // What no option asked for is passed on too, keyed by its address.
+    for a in activated {
+        let Some(env_key) = a.key() else {
+            log_line!(
+                "socket from systemd at fd {} has no address to name it by; not passed on",
+                a.fd.as_raw_fd()
+            );
+            continue;
+        };
+        let key = env_key.to_string_lossy().into_owned();
+        log_line!(
+            "using socket from systemd for {key} (fd {})",
+            a.fd.as_raw_fd()
+        );
+        sockets.bound.push(Bound {
+            key,
+            env_key,
+            fd: a.fd,
+            unix_file: None,
+            fd_name: a.name,
+            activation_copy: None,
+            pin: None,
+        });
     }
     for b in &sockets.bound {
         // F_SETFD (not F_SETFL): the descriptor flag only, never the status
@@ -358,6 +506,224 @@ fn dup_onto(fd: &OwnedFd, target: RawFd) -> Result<OwnedFd> {
     // moved any descriptor of ours out of the way first, and whatever else
     // was there (inherited, unowned) is replaced, as the user asked.
     Ok(unsafe { nix::unistd::dup2_raw(fd, target) }?)
+}
+
+/// Where a socket handed over by the service manager is bound.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Local {
+    /// IP; `v6only` for an IPv6 socket with IPV6_V6ONLY.
+    Inet {
+        addr: SocketAddr,
+        v6only: bool,
+    },
+    Unix(Vec<u8>),
+    Abstract(Vec<u8>),
+    /// Unnamed, or a family we do not name sockets of.
+    Other,
+}
+
+/// A socket handed over by the service manager (socket activation).
+#[derive(Debug)]
+pub struct Activated {
+    pub fd: OwnedFd,
+    pub udp: bool,
+    pub local: Local,
+    /// Its `LISTEN_FDNAMES` entry.
+    pub name: Option<String>,
+}
+
+impl Activated {
+    /// Whether `spec` asks for this socket: the same kind, port and
+    /// address, a bare port matching the wildcard of either family
+    /// (`ListenStream=80` is a dual-stack `[::]:80`); a `--path` the same
+    /// path, byte for byte.
+    fn matches(&self, spec: &ListenSpec) -> bool {
+        if self.udp != spec.udp {
+            return false;
+        }
+        match (&spec.target, &self.local) {
+            (Target::Inet { host: None, port }, Local::Inet { addr, .. }) => {
+                addr.port() == *port && addr.ip().is_unspecified()
+            }
+            (
+                Target::Inet {
+                    host: Some(h),
+                    port,
+                },
+                Local::Inet { addr, .. },
+            ) => {
+                addr.port() == *port
+                    && resolve_v4(h).is_ok_and(|ip| addr.ip() == std::net::IpAddr::V4(ip))
+            }
+            (Target::Inet6 { addr: want, port }, Local::Inet { addr, .. }) => {
+                addr.port() == *port && addr.ip() == std::net::IpAddr::V6(*want)
+            }
+            (Target::Unix(path), Local::Unix(bytes)) => path.as_os_str().as_bytes() == &bytes[..],
+            _ => false,
+        }
+    }
+
+    /// The `SERVER_STARTER_PORT` key of a socket no option asked for,
+    /// written as the option that binds it would be.
+    fn key(&self) -> Option<OsString> {
+        use std::os::unix::ffi::OsStringExt;
+        Some(match &self.local {
+            Local::Inet { addr, v6only } => key_of_address(addr, *v6only).into(),
+            Local::Unix(path) => OsString::from_vec(path.clone()),
+            Local::Abstract(name) => {
+                let mut key = b"@".to_vec();
+                key.extend_from_slice(name);
+                OsString::from_vec(key)
+            }
+            Local::Other => return self.name.clone().map(OsString::from),
+        })
+    }
+}
+
+/// `80` for a wildcard (0.0.0.0, or a dual-stack `[::]`), else
+/// `ADDR:PORT` or `[ADDR]:PORT`.
+fn key_of_address(addr: &SocketAddr, v6only: bool) -> String {
+    match addr {
+        SocketAddr::V4(a) if a.ip().is_unspecified() => a.port().to_string(),
+        SocketAddr::V4(a) => a.to_string(),
+        SocketAddr::V6(a) if a.ip().is_unspecified() && !v6only => a.port().to_string(),
+        SocketAddr::V6(a) => format!("[{}]:{}", a.ip(), a.port()),
+    }
+}
+
+/// The sockets the service manager handed over: fds 3.. when
+/// `LISTEN_PID` is our pid (`sd_listen_fds(3)`). Checked before
+/// `--daemonize` forks, while the pid is still the one it named. A
+/// stream socket that is not listening (`Accept=yes` hands over
+/// connections) is an error; anything that is not a socket is made
+/// close-on-exec and left out.
+pub fn activated_sockets(env: &crate::envdir::Env) -> Result<Vec<Activated>> {
+    let ours = env
+        .get_str("LISTEN_PID")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    if !ours || !pidfd_id_is_ours(env.get_str("LISTEN_PIDFDID").as_deref()) {
+        return Ok(Vec::new());
+    }
+    let Some(count) = env
+        .get_str("LISTEN_FDS")
+        .and_then(|n| n.trim().parse::<RawFd>().ok())
+        .filter(|&n| n > 0)
+    else {
+        return Ok(Vec::new());
+    };
+    let names: Option<Vec<String>> = env
+        .get_str("LISTEN_FDNAMES")
+        .map(|n| n.split(':').map(str::to_string).collect())
+        .filter(|n: &Vec<String>| n.len() == count as usize);
+    let mut sockets = Vec::new();
+    for i in 0..count {
+        let raw = 3 + i;
+        let name = names.as_ref().map(|n| n[i as usize].clone());
+        let mode = file_mode(raw)
+            .with_context(|| format!("fd {raw} from systemd (LISTEN_FDS) is not open"))?;
+        // SAFETY: fds 3..3+LISTEN_FDS are ours by the protocol, open (fstat
+        // just said so), and nothing else in this process owns them.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        if mode & libc::S_IFMT != libc::S_IFSOCK {
+            log_line!("fd {raw} from systemd is not a socket; not passed on");
+            nix::fcntl::fcntl(
+                fd.as_fd(),
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )?;
+            // Not ours to close (an fd-store entry, a FIFO).
+            std::mem::forget(fd);
+            continue;
+        }
+        sockets.push(describe(fd, name)?);
+    }
+    Ok(sockets)
+}
+
+/// `LISTEN_PIDFDID`, when given, must be the inode of a pidfd of ours
+/// (systemd sets it since 258 so a recycled pid cannot take the sockets).
+/// Where pidfds are not available, `LISTEN_PID` alone decides.
+fn pidfd_id_is_ours(id: Option<&str>) -> bool {
+    let Some(id) = id.and_then(|i| i.trim().parse::<u64>().ok()) else {
+        return true;
+    };
+    // SAFETY: pidfd_open(2) returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, libc::getpid(), 0) };
+    let Ok(raw) = RawFd::try_from(raw) else {
+        return true;
+    };
+    if raw < 0 {
+        return true;
+    }
+    // SAFETY: just opened, owned here.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    nix::sys::stat::fstat(&pidfd).map_or(true, |st| st.st_ino == id)
+}
+
+/// fstat(2)'s `st_mode` of a descriptor that may not be open.
+fn file_mode(raw: RawFd) -> nix::Result<libc::mode_t> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: fstat(2) fills `st` when it returns 0.
+    if unsafe { libc::fstat(raw, st.as_mut_ptr()) } != 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: initialised by the successful fstat.
+    Ok(unsafe { st.assume_init() }.st_mode)
+}
+
+/// An inherited socket's kind and address.
+fn describe(fd: OwnedFd, name: Option<String>) -> Result<Activated> {
+    let raw = fd.as_raw_fd();
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt(2) writes one int into `kind`.
+    let got = unsafe {
+        libc::getsockopt(
+            raw,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if got != 0 {
+        bail!(
+            "fd {raw} from systemd: getsockopt(SO_TYPE) failed: {}",
+            Errno::last()
+        );
+    }
+    if kind == libc::SOCK_STREAM && !socket::getsockopt(&fd, sockopt::AcceptConn).unwrap_or(false) {
+        bail!(
+            "fd {raw} from systemd is a connection, not a listening socket (Accept=yes in the .socket unit?); start_server needs Accept=no"
+        );
+    }
+    let addr: socket::SockaddrStorage = socket::getsockname(raw)
+        .with_context(|| format!("fd {raw} from systemd: getsockname failed"))?;
+    let local = if let Some(v4) = addr.as_sockaddr_in() {
+        Local::Inet {
+            addr: SocketAddr::V4(SocketAddrV4::from(*v4)),
+            v6only: false,
+        }
+    } else if let Some(v6) = addr.as_sockaddr_in6() {
+        Local::Inet {
+            addr: SocketAddr::V6(SocketAddrV6::from(*v6)),
+            v6only: socket::getsockopt(&fd, sockopt::Ipv6V6Only).unwrap_or(false),
+        }
+    } else if let Some(unix) = addr.as_unix_addr() {
+        match (unix.path(), unix.as_abstract()) {
+            (Some(path), _) => Local::Unix(path.as_os_str().as_bytes().to_vec()),
+            (None, Some(name)) => Local::Abstract(name.to_vec()),
+            _ => Local::Other,
+        }
+    } else {
+        Local::Other
+    };
+    Ok(Activated {
+        fd,
+        udp: kind == libc::SOCK_DGRAM,
+        local,
+        name,
+    })
 }
 
 type UnixFile = Option<(PathBuf, u64, u64)>;
@@ -482,7 +848,10 @@ record!(Bound {
     key,
     env_key,
     fd,
-    unix_file
+    unix_file,
+    fd_name,
+    pin,
+    activation_copy,
 });
 
 record!(Sockets { bound });

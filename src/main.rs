@@ -17,6 +17,7 @@ mod log;
 mod notify;
 mod pidfile;
 mod progress;
+mod reaper;
 mod settings;
 mod signals;
 #[cfg(test)]
@@ -25,6 +26,7 @@ mod spawn;
 mod state;
 mod status;
 mod supervisor;
+mod systemd;
 mod upgrade;
 
 use std::io::Write;

@@ -86,6 +86,16 @@
 //!   spawn plus the timeout, moved by `Extend`) without a KILL; a KILL
 //!   goes to it only then, once, right after its `did not send READY=1`
 //!   line.
+//! - "service manager" (sd_notify): `READY=1` comes right after a
+//!   generation is reported current, at most once per generation, and
+//!   only for the first one or to end a reload; every generation made
+//!   current while a reload is pending ends it with `READY=1`;
+//!   `RELOADING=1` only in the step that logs `received HUP`, or when an
+//!   upgrade begins once ready with no reload pending (the upgrade's end
+//!   then sends its `READY=1`, unless a restart took the reload over);
+//!   `STOPPING=1` once, in the TERM/INT step.
+//! - "upgrade round trip": an upgrade (SIGUSR2) saves the core in the
+//!   state format and restores it; the restored core is the same.
 //! - "log lines": every line is one of docs/behaviour.md section 4's.
 //! - "no panic": the core never panics.
 //!
@@ -101,9 +111,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::lifecycle::{
-    Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Readiness, Sig, Stop, Time, Worker,
+    Action, Config, Event, Lifecycle, Phase, RETRY_GAP, Readiness, Sig, Stop, Time, Upgrade, Worker,
 };
+use crate::progress::Progress;
 use crate::settings::{Seconds, Settings, perl_number};
+use crate::systemd::{Notice, State};
 
 /// What a child whose exec failed reports (then it exits with 255).
 const EXEC_FAILURE: &str = "failed to exec ./app: No such file or directory (os error 2)";
@@ -500,6 +512,12 @@ struct World {
     trace: Option<Vec<String>>,
     /// Every action with its time, when recording.
     actions: Vec<(Time, Action)>,
+    /// The generations the service manager was told `READY=1` for.
+    ready_told: BTreeSet<u64>,
+    /// `RELOADING=1` was sent and its `READY=1` is still to come.
+    reload_told: bool,
+    /// `STOPPING=1` was sent.
+    stopping_told: bool,
 }
 
 impl World {
@@ -517,8 +535,10 @@ impl World {
             }),
         };
         let settings = settings(setup.auto_restart, setup.kill_old_delay);
+        let mut core = Lifecycle::new(config, settings.clone(), Time::ZERO);
+        core.notify_service_manager();
         World {
-            core: Lifecycle::new(config, settings.clone(), Time::ZERO),
+            core,
             interval: ms(setup.interval_ms),
             now: Time::ZERO,
             next_pid: 101,
@@ -550,6 +570,9 @@ impl World {
             hup_in_backoff: None,
             trace: record.then(Vec::new),
             actions: Vec::new(),
+            ready_told: BTreeSet::new(),
+            reload_told: false,
+            stopping_told: false,
         }
     }
 
@@ -620,6 +643,7 @@ impl World {
     /// The core goes through the state format and back; the restored one
     /// must be the same core, and the timeline goes on with it.
     fn upgrade(&mut self) -> Checked {
+        self.feed(Event::Upgrade(Upgrade::Begun))?;
         self.note(|| "   upgrade: core saved and restored".to_string());
         let mut w = crate::state::Writer::new();
         self.core.save(&mut w);
@@ -639,7 +663,7 @@ impl World {
             "restored core differs:\n  saved:    {before}\n  restored: {after}"
         );
         self.core = restored;
-        Ok(())
+        self.feed(Event::Upgrade(Upgrade::Ended))
     }
 
     /// `READY=1` comes on `generation`'s socket (only with `--notify-ready`:
@@ -895,7 +919,10 @@ impl World {
                     self.feed(answer)?;
                 }
                 Action::Exit => self.exit_seen = true,
-                Action::Log(_) | Action::WriteStatus(_) | Action::Progress(_) => {}
+                Action::Log(_)
+                | Action::WriteStatus(_)
+                | Action::Progress(_)
+                | Action::Notify(_) => {}
             }
         }
         Ok(())
@@ -1100,7 +1127,7 @@ impl World {
                         "Exit not right after `exiting`: {actions:?}"
                     );
                 }
-                Action::Progress(_) => {}
+                Action::Progress(_) | Action::Notify(_) => self.check_notice(event, actions, i)?,
             }
         }
         let stopping = self.core.stopping().is_some();
@@ -1142,6 +1169,88 @@ impl World {
     }
 
     /// A kill before TERM/INT: the end of a restart.
+    /// The "service manager" rule, at `actions[i]` (a `Progress` or a
+    /// `Notify`).
+    fn check_notice(&mut self, event: &Event, actions: &[Action], i: usize) -> Checked {
+        let rule = "service manager";
+        match &actions[i] {
+            Action::Progress(Progress::Current { generation, .. }) => {
+                let must_tell = self.ready_told.is_empty() || self.reload_told;
+                let told = matches!(
+                    actions.get(i + 1),
+                    Some(Action::Notify(Notice {
+                        state: Some(State::Ready),
+                        ..
+                    }))
+                );
+                ensure!(
+                    told == must_tell,
+                    rule,
+                    "generation {generation} current (first told: {}, reload pending: {}), \
+                     READY=1 {}: {actions:?}",
+                    self.ready_told.is_empty(),
+                    self.reload_told,
+                    if told { "sent" } else { "not sent" }
+                );
+            }
+            Action::Notify(notice) => match notice.state {
+                // The end of an upgrade ends its own reload.
+                Some(State::Ready) if *event == Event::Upgrade(Upgrade::Ended) => {
+                    ensure!(
+                        self.reload_told && !self.ready_told.is_empty(),
+                        rule,
+                        "READY=1 at the end of an upgrade without its reload: {actions:?}"
+                    );
+                    self.reload_told = false;
+                }
+                Some(State::Ready) => {
+                    let generation = match i.checked_sub(1).map(|j| &actions[j]) {
+                        Some(Action::Progress(Progress::Current { generation, .. })) => *generation,
+                        _ => {
+                            return Err(Failure {
+                                rule,
+                                detail: format!("READY=1 not right after a current: {actions:?}"),
+                            });
+                        }
+                    };
+                    ensure!(
+                        self.ready_told.insert(generation),
+                        rule,
+                        "READY=1 twice for generation {generation}"
+                    );
+                    self.reload_told = false;
+                }
+                Some(State::Reloading) => {
+                    let hup = actions[..i].iter().any(
+                        |a| matches!(a, Action::Log(l) if l == "received HUP, spawning a new worker"),
+                    );
+                    let upgrade = *event == Event::Upgrade(Upgrade::Begun)
+                        && !self.reload_told
+                        && !self.ready_told.is_empty();
+                    ensure!(
+                        hup || upgrade,
+                        rule,
+                        "RELOADING=1 without a HUP restart or an upgrade from ready: {actions:?}"
+                    );
+                    self.reload_told = true;
+                }
+                Some(State::Stopping) => {
+                    ensure!(
+                        self.stopped.is_some() && !self.stopping_told,
+                        rule,
+                        "STOPPING=1 (stopped: {:?}, told before: {})",
+                        self.stopped,
+                        self.stopping_told
+                    );
+                    self.stopping_told = true;
+                }
+                None => {}
+            },
+            _ => {}
+        }
+        Ok(())
+    }
+
     fn check_restart_kill(&self, pid: i32, signal: &Sig) -> Checked {
         let rule = "restart signals only old workers";
         ensure!(
@@ -1631,6 +1740,7 @@ fn show_event(event: &Event) -> String {
         Event::Extend { generation, by } => {
             format!("Extend gen {generation} by {}ms", by.as_millis())
         }
+        Event::Upgrade(upgrade) => format!("Upgrade {upgrade:?}"),
         Event::Settings(s) => format!(
             "Settings auto-restart {:?}, kill-old delay {}",
             s.auto_restart.as_ref().map(|a| &a.text),
@@ -1650,6 +1760,7 @@ fn show_action(action: &Action) -> String {
         }
         Action::Exit => "Exit".to_string(),
         Action::Progress(progress) => format!("Progress {progress}"),
+        Action::Notify(notice) => format!("Notify {notice:?}"),
     }
 }
 
@@ -1944,7 +2055,8 @@ impl World {
             .iter()
             .filter(|(at, _)| *at >= ms(from_ms))
             // Progress for `--restart` clients is tested in lifecycle.rs.
-            .filter(|(_, a)| !matches!(a, Action::Progress(_)))
+            // So is what the service manager is told.
+            .filter(|(_, a)| !matches!(a, Action::Progress(_) | Action::Notify(_)))
             .map(|(at, a)| format!("{:.3} {}", at.as_secs_f64(), show_action(a)))
             .collect()
     }

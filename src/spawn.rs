@@ -17,6 +17,14 @@
 //! and we are suspended until it has exec'd or exited, which is what a HUP
 //! is waiting for. The child writes to our memory only where this module
 //! says so.
+//!
+//! `--systemd-listen-fds` needs one variable whose value exists only after
+//! the fork: `LISTEN_PID`, the worker's own pid (libsystemd, go-systemd,
+//! gunicorn, Puma and uWSGI ignore `LISTEN_FDS` without it). Its entry is
+//! prepared in the environment with room for the digits, which the child
+//! writes with getpid(2) and no allocation. The sockets are already at
+//! fds 3, 4, ... (`listen.rs` put them there in the supervisor), so the
+//! child needs no dup2.
 
 use std::ffi::{CString, OsString};
 use std::os::fd::{AsFd, AsRawFd};
@@ -48,13 +56,25 @@ struct Prepared {
     sh: CString,
     /// The signals whose disposition the child must set.
     reset: &'static [libc::c_int],
+    /// With `--systemd-listen-fds`: the `LISTEN_PID=` entry of `envp`,
+    /// NUL-filled after the `=`, where the child writes its pid.
+    listen_pid: Option<Vec<u8>>,
 }
+
+/// `LISTEN_PID=` and room for any pid's digits and the NUL.
+const LISTEN_PID: &[u8] = b"LISTEN_PID=";
+const PID_DIGITS: usize = 20;
 
 fn c_string(bytes: &[u8], what: &str) -> Result<CString> {
     CString::new(bytes).map_err(|_| anyhow!("{what} contains a NUL byte"))
 }
 
-fn prepare(program: &[OsString], env: &Env, dir: Option<&Path>) -> Result<Prepared> {
+fn prepare(
+    program: &[OsString],
+    env: &Env,
+    dir: Option<&Path>,
+    listen_pid: bool,
+) -> Result<Prepared> {
     let argv = program
         .iter()
         .map(|a| c_string(a.as_bytes(), "an argument of the program"))
@@ -97,6 +117,11 @@ fn prepare(program: &[OsString], env: &Env, dir: Option<&Path>) -> Result<Prepar
         dir,
         sh: c_string(b"/bin/sh", "")?,
         reset: signals_to_reset(),
+        listen_pid: listen_pid.then(|| {
+            let mut entry = LISTEN_PID.to_vec();
+            entry.resize(LISTEN_PID.len() + PID_DIGITS, 0);
+            entry
+        }),
     })
 }
 
@@ -137,11 +162,24 @@ fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
 /// The child's stack until it execs: a few system calls deep.
 const CHILD_STACK: usize = 64 * 1024;
 
-/// Forks and execs the worker.
-pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Result<Spawned> {
-    let prepared = prepare(program, env, dir)?;
+/// Forks and execs the worker; with `listen_pid`, its environment also
+/// gets `LISTEN_PID` set to its own pid.
+pub fn spawn_worker(
+    program: &[OsString],
+    env: &Env,
+    dir: Option<&Path>,
+    listen_pid: bool,
+) -> Result<Spawned> {
+    let mut prepared = prepare(program, env, dir, listen_pid)?;
+    let mut envp = pointers(&prepared.envp);
+    // Outside `prepared`, which the child only reads. The entry goes
+    // before the terminating null pointer.
+    let mut listen_pid_entry = prepared.listen_pid.take();
+    let slot = listen_pid_entry.as_mut().map(|entry| {
+        envp.insert(envp.len() - 1, entry.as_ptr().cast());
+        entry.as_mut_ptr()
+    });
     let argv = pointers(&prepared.argv);
-    let envp = pointers(&prepared.envp);
     // For a script without #!, execvp(3) runs it with /bin/sh: [sh, path, args..].
     let mut sh_argv = vec![prepared.sh.as_ptr(), std::ptr::null()];
     sh_argv.extend_from_slice(&argv[1..]);
@@ -166,7 +204,7 @@ pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Resu
     // handlers runs in it.
     let forked = unsafe {
         clone(
-            Box::new(|| exec_child(&prepared, &argv, &envp, &mut sh_argv, report_fd)),
+            Box::new(|| exec_child(&prepared, &argv, &envp, &mut sh_argv, slot, report_fd)),
             &mut stack,
             CloneFlags::CLONE_VM | CloneFlags::CLONE_VFORK,
             Some(libc::SIGCHLD),
@@ -211,18 +249,23 @@ pub fn spawn_worker(program: &[OsString], env: &Env, dir: Option<&Path>) -> Resu
 ///
 /// # Safety
 /// Only async-signal-safe calls: sigaction, sigemptyset, sigprocmask,
-/// chdir, execve, write, _exit. No allocation, no locks, no formatting.
-/// It runs in our memory (`CLONE_VM`) while we are suspended: the only
-/// writes it makes there are a pointer into the pre-allocated `sh_argv`
-/// and errno.
+/// getpid, chdir, execve, write, _exit. No allocation, no locks, no
+/// formatting. It runs in our memory (`CLONE_VM`) while we are suspended:
+/// the only writes it makes there are a pointer into the pre-allocated
+/// `sh_argv`, the digits of its pid into the pre-allocated `LISTEN_PID=`
+/// entry (`listen_pid` points at the entry's first byte), and errno.
 unsafe fn exec_child(
     prepared: &Prepared,
     argv: &[*const libc::c_char],
     envp: &[*const libc::c_char],
     sh_argv: &mut [*const libc::c_char],
+    listen_pid: Option<*mut u8>,
     report: libc::c_int,
 ) -> ! {
     unsafe {
+        if let Some(entry) = listen_pid {
+            write_pid(entry.add(LISTEN_PID.len()), libc::getpid());
+        }
         // Every signal at its default disposition except SIGPIPE, which stays
         // ignored as under the reference (its workers inherit that).
         let mut action: libc::sigaction = std::mem::zeroed();
@@ -267,6 +310,31 @@ unsafe fn exec_child(
     }
 }
 
+/// Writes `pid` in decimal at `at`, never zero-padded (older libsystemd
+/// reads `LISTEN_PID` with base 0: a leading 0 would mean octal); the
+/// bytes after it are already NUL.
+///
+/// # Safety
+/// `at` has room for [`PID_DIGITS`] bytes. No allocation, no formatting
+/// machinery: async-signal-safe.
+unsafe fn write_pid(at: *mut u8, pid: libc::pid_t) {
+    let mut digits = [0u8; PID_DIGITS];
+    let mut n = u64::try_from(pid).unwrap_or(0);
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 || len == PID_DIGITS - 1 {
+            break;
+        }
+    }
+    for i in 0..len {
+        // SAFETY: i < len < PID_DIGITS, within the caller's room.
+        unsafe { *at.add(i) = digits[len - 1 - i] };
+    }
+}
+
 /// Reports `stage` and `errno` to the parent and exits 255.
 ///
 /// # Safety
@@ -277,5 +345,26 @@ unsafe fn fail(report: libc::c_int, stage: u8, errno: libc::c_int) -> ! {
     unsafe {
         libc::write(report, message.as_ptr().cast(), message.len());
         libc::_exit(255)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pids_in_decimal_without_padding() {
+        for (pid, text) in [
+            (1, "1"),
+            (10, "10"),
+            (4242, "4242"),
+            (i32::MAX, "2147483647"),
+        ] {
+            let mut room = [0u8; PID_DIGITS];
+            // SAFETY: room holds PID_DIGITS bytes.
+            unsafe { write_pid(room.as_mut_ptr(), pid) };
+            let end = room.iter().position(|&b| b == 0).unwrap_or(PID_DIGITS);
+            assert_eq!(&room[..end], text.as_bytes());
+        }
     }
 }

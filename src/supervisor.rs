@@ -28,20 +28,22 @@ use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use nix::unistd::Pid;
 
-use crate::cli::Config;
+use crate::cli::{Config, SystemdNotify};
 use crate::daemon;
 use crate::envdir::{self, Env};
-use crate::lifecycle::{self, Action, Event, Lifecycle, Sig, Stop, Time};
+use crate::lifecycle::{self, Action, Event, Lifecycle, Sig, Stop, Time, Upgrade};
 use crate::listen::{self, Sockets};
 use crate::log::{self, LogWriter};
 use crate::notify::{Message, Notifier};
 use crate::pidfile::PidFile;
 use crate::progress;
+use crate::reaper;
 use crate::settings;
 use crate::signals::{Pending, SignalName, SignalQueue};
 use crate::spawn::spawn_worker;
 use crate::state::{self, Reader, Writer};
 use crate::status::StatusFile;
+use crate::systemd::{self, ServiceManager};
 use crate::upgrade::{self, Probe, Verdict};
 
 /// The signals held back while setting up: one that arrives while the
@@ -77,9 +79,10 @@ fn upgrade_sigset() -> SigSet {
 /// old one handed down), runs the loop until a TERM or INT has been
 /// carried out, then tears down.
 pub fn run(config: Config) -> Result<()> {
+    let mode = config.systemd_notify;
     let supervisor = match upgrade::take_state() {
         Some(state) => resume(config, &state?)?,
-        None => set_up(config)?,
+        None => set_up(config).inspect_err(|e| systemd::report_failure(mode, e))?,
     };
     supervisor.run();
     Ok(())
@@ -101,9 +104,14 @@ fn set_up(config: Config) -> Result<Supervisor> {
         .map(|p| &mut p.fd)
         .chain(log_sink.iter_mut().map(|l| &mut l.fd))
         .collect();
-    let sockets = listen::bind_all(&config.listen, config.backlog, &mut internal)?;
+    // Before `--daemonize`: LISTEN_PID names this process.
+    let activated = listen::activated_sockets(&Env::inherited())?;
+    let mut sockets = listen::bind_all(&config.listen, config.backlog, &mut internal, activated)?;
+    if config.systemd_listen_fds {
+        sockets.place_for_activation(&mut internal)?;
+    }
     let ready = if config.daemonize {
-        Some(daemon::daemonize()?)
+        Some(daemon::daemonize(config.systemd_notify)?)
     } else {
         None
     };
@@ -122,6 +130,9 @@ fn set_up(config: Config) -> Result<Supervisor> {
         }
     }
     let (signals, log, notifier) = finished?;
+    if config.subreaper {
+        reaper::become_subreaper()?;
+    }
     held.thread_unblock().context("failed to unblock signals")?;
     Ok(Supervisor::new(
         config, sockets, signals, log, pid_file, notifier, exe,
@@ -187,6 +198,18 @@ struct Supervisor {
     /// Signals an old image took but did not act on before the upgrade:
     /// acted on in the first turn.
     carried: Pending,
+    /// The service manager in our `NOTIFY_SOCKET` (`--systemd-notify=auto`).
+    service_manager: Option<ServiceManager>,
+    /// As PID 1 or with `--subreaper`: the workers' orphans are ours.
+    adopts_orphans: bool,
+    /// Children we had before the first worker (the `--log-file="| CMD"`
+    /// shell): never taken for orphans.
+    own_children: Vec<i32>,
+    /// `--signal-on-term` and `--signal-timeout`, for the orphans.
+    orphan_signal: Sig,
+    /// `--systemd-listen-fds`: workers get `LISTEN_PID`.
+    systemd_listen_fds: bool,
+    signal_timeout: Option<Duration>,
 }
 
 fn sig(name: &SignalName) -> Sig {
@@ -240,6 +263,7 @@ fn resume(config: Config, bytes: &[u8]) -> Result<Supervisor> {
             to: to.to_string(),
         });
     }
+    supervisor.feed(Event::Upgrade(Upgrade::Ended));
     Ok(supervisor)
 }
 
@@ -261,6 +285,15 @@ fn take_over(config: &Config, bytes: &[u8]) -> Result<(String, Taken), state::Er
         progress: r.get()?,
         exe: r.get()?,
         carried: r.get()?,
+        // The same socket address, from our own environment, as before.
+        service_manager: if r.get::<bool>()? {
+            ServiceManager::from_env(config.systemd_notify, &Env::inherited())
+                .ok()
+                .flatten()
+        } else {
+            None
+        },
+        own_children: r.get()?,
     };
     r.finish()?;
     Ok((from, taken))
@@ -279,6 +312,8 @@ struct Taken {
     progress: Option<progress::Channel>,
     exe: Option<PathBuf>,
     carried: Pending,
+    service_manager: Option<ServiceManager>,
+    own_children: Vec<i32>,
 }
 
 impl Supervisor {
@@ -291,18 +326,45 @@ impl Supervisor {
         notifier: Option<Notifier>,
         exe: Option<PathBuf>,
     ) -> Supervisor {
-        let mut base_env = Env::inherited();
+        let inherited = Env::inherited();
+        // Survived: without a service manager to talk to, `auto` hands
+        // NOTIFY_SOCKET on, as `pass` does.
+        let connected =
+            ServiceManager::from_env(config.systemd_notify, &inherited).and_then(|manager| {
+                match manager {
+                    Some(mut m) => m.probe().map(|()| Some(m)),
+                    None => Ok(None),
+                }
+            });
+        let (service_manager, env_mode) = match connected {
+            Ok(manager) => (manager, config.systemd_notify),
+            Err(line) => {
+                log.line(&line);
+                (None, SystemdNotify::Pass)
+            }
+        };
+        let mut base_env = systemd::worker_env(&inherited, env_mode);
         for (name, value) in &config.exports {
             base_env.set(*name, value);
         }
         base_env.set("SERVER_STARTER_PORT", sockets.env_value());
+        let sockets_empty = sockets.bound.is_empty();
+        // Never LISTEN_FDS=0: libsystemd takes it for an error.
+        if config.systemd_listen_fds && !sockets_empty {
+            base_env.set("LISTEN_FDS", sockets.bound.len().to_string());
+            base_env.set("LISTEN_FDNAMES", sockets.fd_names());
+        }
         let settings = settings::read(&base_env);
         // Survived: a client without the channel falls back to the status file.
         let progress = progress::Channel::bind()
             .inspect_err(|e| log.line(&format!("failed to listen for --restart clients: {e}")))
             .ok();
+        let mut core = Lifecycle::new(core_config(&config), settings, Time::ZERO);
+        if service_manager.is_some() {
+            core.notify_service_manager();
+        }
         let taken = Taken {
-            core: Lifecycle::new(core_config(&config), settings, Time::ZERO),
+            core,
             clock: Instant::now(),
             base_env,
             sockets,
@@ -312,6 +374,12 @@ impl Supervisor {
             progress,
             exe,
             carried: Pending::default(),
+            service_manager,
+            own_children: if reaper::adopts_orphans(config.subreaper) {
+                reaper::children()
+            } else {
+                Vec::new()
+            },
         };
         Supervisor::assemble(config, taken, signals, log)
     }
@@ -328,7 +396,10 @@ impl Supervisor {
             progress,
             exe,
             carried,
+            service_manager,
+            own_children,
         } = taken;
+        let systemd_listen_fds = config.systemd_listen_fds && !sockets.bound.is_empty();
         let envdir_watch = base_env
             .get("ENVDIR")
             .map(|d| envdir::Watch::new(PathBuf::from(d)));
@@ -351,6 +422,12 @@ impl Supervisor {
             exe,
             probe: None,
             carried,
+            service_manager,
+            own_children,
+            adopts_orphans: reaper::adopts_orphans(config.subreaper),
+            orphan_signal: sig(&config.signal_on_term),
+            systemd_listen_fds,
+            signal_timeout: config.signal_timeout.as_ref().map(|s| s.duration()),
         };
         supervisor.reload_env();
         supervisor
@@ -404,6 +481,9 @@ impl Supervisor {
                 self.begin_upgrade();
             }
             self.feed(Event::Tick);
+            if let Some(manager) = &mut self.service_manager {
+                manager.on_wake(self.clock.elapsed(), &mut self.log);
+            }
             if self.core.exited() {
                 break;
             }
@@ -446,6 +526,11 @@ impl Supervisor {
                         channel.send(&progress);
                     }
                 }
+                Action::Notify(notice) => {
+                    if let Some(manager) = &mut self.service_manager {
+                        manager.notify(&notice, now, &mut self.log);
+                    }
+                }
                 Action::Exit => {}
             }
         }
@@ -466,7 +551,12 @@ impl Supervisor {
                 }
             }
         }
-        match spawn_worker(&self.program, &env, self.dir.as_deref()) {
+        match spawn_worker(
+            &self.program,
+            &env,
+            self.dir.as_deref(),
+            self.systemd_listen_fds,
+        ) {
             Ok(spawned) => {
                 if let Some(notifier) = self.notifier.as_mut() {
                     notifier.attach(generation, spawned.pid);
@@ -545,6 +635,11 @@ impl Supervisor {
             if let Some(notifier) = self.notifier.as_mut() {
                 notifier.close_worker(pid.as_raw());
             }
+            // An orphan (PID 1, `--subreaper`), the log pipe's shell:
+            // reaped without a line, no event.
+            if !self.core.is_worker(pid.as_raw()) {
+                continue;
+            }
             self.feed(Event::ChildExited {
                 pid: pid.as_raw(),
                 status,
@@ -555,9 +650,14 @@ impl Supervisor {
     /// Waits for a signal, an envdir change, or the next deadline.
     fn sleep(&mut self) -> nix::Result<()> {
         let mut deadline = self.core.next_deadline().map(|t| self.clock + t);
+        let service_at = self
+            .service_manager
+            .as_ref()
+            .and_then(ServiceManager::next_deadline);
         let extra = [
             self.envdir_watch.as_ref().and_then(|w| w.next_poll()),
             self.probe.as_ref().map(|p| p.deadline),
+            service_at.map(|t| self.clock + t),
         ];
         for at in extra.into_iter().flatten() {
             deadline = Some(deadline.map_or(at, |d| d.min(at)));
@@ -637,7 +737,10 @@ impl Supervisor {
             exe.display()
         ));
         match Probe::start(&exe) {
-            Ok(probe) => self.probe = Some(probe),
+            Ok(probe) => {
+                self.probe = Some(probe);
+                self.feed(Event::Upgrade(Upgrade::Begun));
+            }
             Err(e) => self.upgrade_failed(&format!("{e:#}")),
         }
     }
@@ -694,15 +797,34 @@ impl Supervisor {
         w.put(&self.progress);
         w.put(&self.exe);
         w.put(&pending);
+        w.put(&self.service_manager.is_some());
+        w.put(&self.own_children);
     }
 
-    /// An upgrade did not happen: say why, to the log and to `--upgrade`.
+    /// An upgrade did not happen: say why, to the log, to `--upgrade` and
+    /// (the end of its reload) to the service manager.
     fn upgrade_failed(&mut self, reason: &str) {
         self.log
             .line(&format!("upgrade failed, carrying on as before: {reason}"));
         if let Some(channel) = &mut self.progress {
             channel.send_upgrade(&progress::Upgrade::Failed(reason.to_string()));
         }
+        self.feed(Event::Upgrade(Upgrade::Ended));
+    }
+
+    /// The workers are gone: so must their orphans be, before the sockets
+    /// close (one of them may hold a listening socket).
+    fn stop_orphans(&mut self) {
+        let Ok(signal) = Signal::try_from(self.orphan_signal.number) else {
+            return;
+        };
+        reaper::stop_orphans(
+            signal,
+            &self.orphan_signal.name,
+            &self.own_children,
+            self.signal_timeout,
+            &mut self.log,
+        );
     }
 
     /// Rewrites the status file; a failure is logged, never fatal.
@@ -721,7 +843,10 @@ impl Supervisor {
 
     /// Workers are gone; then the sockets and their files, the status file,
     /// and last the pid file and its lock (`--stop` waits on it).
-    fn tear_down(self) {
+    fn tear_down(mut self) {
+        if self.adopts_orphans {
+            self.stop_orphans();
+        }
         let Supervisor {
             sockets,
             status,

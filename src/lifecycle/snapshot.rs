@@ -10,7 +10,9 @@
 //! destructure every struct whole, so a field added to the core cannot be
 //! forgotten here without a compile error.
 
-use super::{Attempt, Config, Lifecycle, Phase, Reason, Sig, Signalled, Start, Stopping, Worker};
+use super::{
+    Attempt, Config, Lifecycle, Phase, Reason, Service, Sig, Signalled, Start, Stopping, Worker,
+};
 use crate::settings::{Seconds, Settings};
 use crate::state::{Decode, Encode, Error, Reader, Writer, record};
 
@@ -32,6 +34,11 @@ record!(Attempt {
     killed
 });
 record!(Stopping { remaining, signal });
+record!(Service {
+    ready_sent,
+    reloading,
+    upgrading,
+});
 record!(Signalled {
     pid,
     at,
@@ -59,6 +66,7 @@ impl Lifecycle {
             failed_starts,
             stopping,
             signalled,
+            service,
         } = self;
         w.put(settings);
         w.put(generation);
@@ -75,6 +83,7 @@ impl Lifecycle {
         w.put(failed_starts);
         w.put(stopping);
         w.put(signalled);
+        w.put(service);
     }
 
     /// The core [`Lifecycle::save`] wrote, under `config`.
@@ -96,6 +105,7 @@ impl Lifecycle {
             failed_starts: r.get()?,
             stopping: r.get()?,
             signalled: r.get()?,
+            service: r.get()?,
         })
     }
 }

@@ -28,6 +28,7 @@ mod restart;
 mod shutdown;
 mod sockets;
 mod status_file;
+mod systemd;
 mod unix_socket;
 mod upgrade;
 mod workers;

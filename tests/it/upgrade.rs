@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A copy of the binary under test in the sandbox.
-fn installed_copy(sb: &Sandbox) -> PathBuf {
+pub fn installed_copy(sb: &Sandbox) -> PathBuf {
     let dir = sb.path("bin");
     fs::create_dir_all(&dir).expect("mkdir bin");
     let path = dir.join("start_server");
@@ -53,7 +53,7 @@ fn start_copy(sb: &Sandbox) -> (PathBuf, Server<'_>, WorkerReport) {
 
 /// Puts a fresh copy of the binary at `path` the way a package upgrade
 /// does (a new file renamed over the old one); returns its inode.
-fn replace_binary(path: &Path) -> u64 {
+pub fn replace_binary(path: &Path) -> u64 {
     let new = path.with_extension("new");
     fs::copy(env!("CARGO_BIN_EXE_start_server"), &new).expect("copy the binary");
     fs::rename(&new, path).expect("rename over the binary");
@@ -72,7 +72,7 @@ fn replace_with_script(path: &Path, script: &str) {
 }
 
 /// The inode of the file process `pid` runs.
-fn exe_inode(pid: i32) -> u64 {
+pub fn exe_inode(pid: i32) -> u64 {
     fs::metadata(format!("/proc/{pid}/exe"))
         .expect("stat /proc/PID/exe")
         .ino()
@@ -85,7 +85,7 @@ fn fd_target(pid: i32, fd: i32) -> String {
         .unwrap_or_default()
 }
 
-fn upgrade_args(sb: &Sandbox) -> Vec<String> {
+pub fn upgrade_args(sb: &Sandbox) -> Vec<String> {
     vec![
         "--upgrade".to_string(),
         format!("--pid-file={}", sb.pid_file().display()),
