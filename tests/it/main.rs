@@ -22,6 +22,7 @@ mod faults;
 mod file_safety;
 mod leaks;
 mod log_file;
+mod manual;
 mod pid_file;
 mod readiness;
 mod restart;

@@ -1,0 +1,27 @@
+# fish completion for start_server(1)
+# Generated from src/options.rs: edit that, then run
+# UPDATE_GENERATED=1 cargo test --bin start_server generated
+
+complete -c start_server -l port -x -d 'TCP (or UDP with u) socket to listen on'
+complete -c start_server -l path -r -F -d 'unix socket to listen on'
+complete -c start_server -l dir -x -a '(__fish_complete_directories)' -d 'working directory of the program'
+complete -c start_server -l interval -x -d 'time a new program must stay up to count as started'
+complete -c start_server -l signal-on-hup -x -a 'TERM HUP INT QUIT USR1 USR2 WINCH CONT KILL' -d 'signal for old programs after a restart'
+complete -c start_server -l signal-on-term -x -a 'TERM HUP INT QUIT USR1 USR2 WINCH CONT KILL' -d 'signal for programs on SIGTERM'
+complete -c start_server -l pid-file -r -F -d 'write our pid to FILE and lock it'
+complete -c start_server -l status-file -r -F -d 'keep GENERATION:PID lines of live programs'
+complete -c start_server -l log-file -r -F -d 'append stdout and stderr to FILE'
+complete -c start_server -l daemonize -d 'run in the background (needs --log-file)'
+complete -c start_server -l envdir -x -a '(__fish_complete_directories)' -d 'directory of environment variables, re-read continuously'
+complete -c start_server -l enable-auto-restart -d 'restart the program periodically'
+complete -c start_server -l auto-restart-interval -x -d 'period of the automatic restart'
+complete -c start_server -l kill-old-delay -x -d 'wait before signalling old programs'
+complete -c start_server -l backlog -x -d 'listen(2) backlog'
+complete -c start_server -l restart -d 'restart a running start_server and wait'
+complete -c start_server -l stop -d 'stop a running start_server and wait'
+complete -c start_server -l help -d 'print this help'
+complete -c start_server -l version -d 'print the version'
+complete -c start_server -l signal-timeout -x -d 'SIGKILL an old worker after a restart, or any worker at shutdown, still running SECS after its signal (extension)'
+complete -c start_server -l max-retry-interval -x -d 'space consecutive failed starts interval x 2^(k-1) apart, at most SECS (extension)'
+complete -c start_server -l notify-ready -d 'a new program counts as started when it sends READY=1 to $NOTIFY_SOCKET (sd_notify), not after --interval, which then only spaces attempts (extension)'
+complete -c start_server -l notify-timeout -x -d 'with --notify-ready, SIGKILL a new program that sent no READY=1 within SECS (extension)'
