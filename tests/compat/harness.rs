@@ -21,6 +21,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 /// Where Debian's `libserver-starter-perl` installs the reference.
 pub const REFERENCE: &str = "/usr/bin/start_server";
 
+/// Where the reference is once our own Debian package, which diverts it,
+/// is installed too.
+const REFERENCE_DIVERTED: &str = "/usr/bin/start_server.perl";
+
+/// The Debian package that installs the reference.
+const REFERENCE_PACKAGE: &str = "libserver-starter-perl";
+
+/// Set to make the suite fail, not skip, without the reference (the same
+/// variable as the integration tests').
+const NO_SKIP_VAR: &str = "START_SERVER_TEST_NO_SKIP";
+
 /// The niceness of every process a run starts (inherited by workers):
 /// lower priority than the test process, so that the threads observing a
 /// run (the status-file watcher above all) are scheduled as soon as
@@ -82,17 +93,52 @@ fn boot_time_ms() -> u128 {
 /// The environment variable that marks a run's processes.
 pub const MARKER: &str = "COMPAT_SANDBOX";
 
-/// The Perl reference, or a panic that says how to install it: this suite
-/// never skips.
-pub fn reference_bin() -> PathBuf {
-    let path = PathBuf::from(REFERENCE);
-    assert!(
-        path.is_file(),
-        "the Perl reference {REFERENCE} is missing: install it with \
-         `apt-get install -y libserver-starter-perl` (.ci/run does). The \
-         differential suite compares against it and refuses to skip."
+/// The Perl reference: the first of its two places that holds a Perl
+/// script (not our binary, which takes its place when our package is
+/// installed).
+fn find_reference() -> Option<&'static Path> {
+    static FOUND: OnceLock<Option<&'static Path>> = OnceLock::new();
+    *FOUND.get_or_init(|| {
+        [REFERENCE_DIVERTED, REFERENCE]
+            .into_iter()
+            .map(Path::new)
+            .find(|path| {
+                let mut head = [0u8; 128];
+                let n = fs::File::open(path)
+                    .and_then(|mut f| std::io::Read::read(&mut f, &mut head))
+                    .unwrap_or(0);
+                let first_line = head[..n].split(|&b| b == b'\n').next().unwrap_or(&[]);
+                first_line.starts_with(b"#!") && first_line.windows(4).any(|w| w == b"perl")
+            })
+    })
+}
+
+/// Whether the calling test can run: true when the reference is installed.
+/// Otherwise it reports the test skipped with a `skipped: <test>: <reason>`
+/// line on stderr naming the package to install (past libtest's capture, so
+/// that it always shows), or panics when [`NO_SKIP_VAR`] is set (CI).
+pub fn have_reference() -> bool {
+    if find_reference().is_some() {
+        return true;
+    }
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("unnamed test");
+    let reason = format!(
+        "the Perl reference {REFERENCE} is not installed (apt-get install {REFERENCE_PACKAGE})"
     );
-    path
+    if std::env::var_os(NO_SKIP_VAR).is_some_and(|v| !v.is_empty()) {
+        panic!("{test} cannot run here ({NO_SKIP_VAR} is set): {reason}");
+    }
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    false
+}
+
+/// The Perl reference; only for a test that checked [`have_reference`].
+pub fn reference_bin() -> PathBuf {
+    find_reference()
+        .expect("the reference is installed (checked by have_reference)")
+        .to_path_buf()
 }
 
 /// Our binary.
