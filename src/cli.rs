@@ -17,6 +17,7 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 
 use crate::listen::ListenSpec;
+use crate::options::{ALL, Kind, Origin};
 use crate::settings::Seconds;
 use crate::signals::SignalName;
 
@@ -88,54 +89,6 @@ pub enum SystemdNotify {
     /// reference does.
     Pass,
 }
-
-/// How an option takes its value, as in Getopt::Long's spec (`=s`, `=i`, flag).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kind {
-    Flag,
-    Str,
-    Int,
-}
-
-/// The reference's option table, in its order.
-const OPTIONS: &[(&str, Kind)] = &[
-    ("port", Kind::Str),
-    ("path", Kind::Str),
-    ("interval", Kind::Int),
-    ("log-file", Kind::Str),
-    ("pid-file", Kind::Str),
-    ("dir", Kind::Str),
-    ("signal-on-hup", Kind::Str),
-    ("signal-on-term", Kind::Str),
-    ("backlog", Kind::Int),
-    ("envdir", Kind::Str),
-    ("enable-auto-restart", Kind::Flag),
-    ("daemonize", Kind::Flag),
-    ("auto-restart-interval", Kind::Int),
-    ("kill-old-delay", Kind::Int),
-    ("status-file", Kind::Str),
-    ("restart", Kind::Flag),
-    ("stop", Kind::Flag),
-    ("help", Kind::Flag),
-    ("version", Kind::Flag),
-];
-
-/// Our own options, which the reference does not have (COMPATIBILITY.md,
-/// "Extensions"). Each is off by default, and each is matched by its full
-/// name only (in any case): none takes part in resolving an abbreviation,
-/// so an abbreviation that works with the reference keeps its meaning
-/// (`--sig` stays ambiguous) and a prefix of one of these is an unknown
-/// option.
-const EXTENSIONS: &[(&str, Kind)] = &[
-    ("signal-timeout", Kind::Int),
-    ("max-retry-interval", Kind::Int),
-    ("notify-ready", Kind::Flag),
-    ("notify-timeout", Kind::Int),
-    ("systemd-notify", Kind::Str),
-    ("systemd-listen-fds", Kind::Flag),
-    ("subreaper", Kind::Flag),
-    ("upgrade", Kind::Flag),
-];
 
 /// The raw result of option parsing: every option as given, last one wins
 /// (except `port` and `path`, which accumulate), and the non-option words.
@@ -264,22 +217,23 @@ fn split_option(arg: &OsStr, posix: bool) -> Option<(String, Option<OsString>)> 
 
 /// Looks an option up, case-insensitively (Getopt::Long's `ignore_case`),
 /// by exact name or, outside POSIX mode, by unique prefix of one of the
-/// reference's options; [`EXTENSIONS`] by exact name only.
+/// reference's options; an extension by its exact name only
+/// ([`Origin::Extension`]).
 fn find_option(typed: &str, posix: bool) -> Result<(&'static str, Kind), String> {
     if typed.is_empty() {
         return Err("Missing option after +".to_string());
     }
     let lower = typed.to_ascii_lowercase();
-    let exact = OPTIONS.iter().chain(EXTENSIONS).find(|(n, _)| *n == lower);
-    if let Some(&(name, kind)) = exact {
-        return Ok((name, kind));
+    if let Some(o) = ALL.iter().find(|o| o.name == lower) {
+        return Ok((o.name, o.kind));
     }
     if posix {
         return Err(format!("Unknown option: {typed}"));
     }
-    let mut hits: Vec<&(&str, Kind)> = OPTIONS
+    let mut hits: Vec<(&str, Kind)> = ALL
         .iter()
-        .filter(|(n, _)| n.starts_with(&lower))
+        .filter(|o| o.origin == Origin::Reference && o.name.starts_with(&lower))
+        .map(|o| (o.name, o.kind))
         .collect();
     hits.sort_unstable_by_key(|(n, _)| *n);
     match hits.as_slice() {
@@ -500,77 +454,6 @@ pub fn parse(args: Vec<OsString>, posix: bool) -> Result<Mode> {
         program: parsed.args,
     })))
 }
-
-/// The `--help` text.
-pub const USAGE: &str = "\
-Usage:
-  start_server [options] -- program [args...]
-  start_server --restart --pid-file=FILE --status-file=FILE
-  start_server --stop --pid-file=FILE
-  start_server --upgrade --pid-file=FILE
-
-A superdaemon for hot-deploying server programs: binds the listening sockets
-once, passes them to the program through SERVER_STARTER_PORT, and on SIGHUP
-starts a new generation of the program before retiring the old one.
-
-Options:
-  --port=[HOST:][u]PORT[=FD]  TCP (or UDP with u) socket to listen on;
-                              IPv6 as [ADDR]:PORT; repeatable
-  --path=PATH                 unix socket to listen on; repeatable
-  --dir=DIR                   working directory of the program
-  --interval=SECS             time a new program must stay up to count as
-                              started (default: 1)
-  --signal-on-hup=SIG         signal for old programs after a restart
-                              (default: TERM)
-  --signal-on-term=SIG        signal for programs on SIGTERM (default: TERM)
-  --pid-file=FILE             write our pid to FILE and lock it
-  --status-file=FILE          keep GENERATION:PID lines of live programs
-  --log-file=FILE             append stdout and stderr to FILE; SIGUSR1
-                              reopens it (for logrotate)
-  --log-file=\"| CMD\"          pipe stdout and stderr to CMD
-  --daemonize                 run in the background (needs --log-file)
-  --envdir=DIR                directory of environment variables, re-read
-                              continuously
-  --enable-auto-restart       restart the program periodically
-  --auto-restart-interval=SECS
-                              period of the automatic restart (default: 360)
-  --kill-old-delay=SECS       wait before signalling old programs
-                              (default: 5 with auto-restart, else 0)
-  --backlog=N                 listen(2) backlog (default: SOMAXCONN)
-  --restart                   restart a running start_server and wait
-  --stop                      stop a running start_server and wait
-  --help                      print this help
-  --version                   print the version
-
-Extensions (not in the Perl version; off by default; full names only):
-  --signal-timeout=SECS       SIGKILL an old worker after a restart, or any
-                              worker at shutdown, still running SECS after
-                              its signal (default: 0, never)
-  --max-retry-interval=SECS   space consecutive failed starts interval x
-                              2^(k-1) apart, at most SECS; a HUP retries at
-                              once (default: 0, one attempt per interval)
-  --notify-ready              a new program counts as started when it sends
-                              READY=1 to $NOTIFY_SOCKET (sd_notify), not
-                              after --interval, which then only spaces
-                              attempts
-  --notify-timeout=SECS       with --notify-ready, SIGKILL a new program
-                              that sent no READY=1 within SECS; it may send
-                              EXTEND_TIMEOUT_USEC=N (default: 90; 0, never)
-  --systemd-notify=MODE       auto: tell the service manager in $NOTIFY_SOCKET
-                              when start_server is ready, reloading (HUP) and
-                              stopping, and keep its variables from the
-                              programs; off: tell it nothing; pass: hand
-                              $NOTIFY_SOCKET on to the programs (default: auto)
-  --systemd-listen-fds        also give the programs their sockets at fds
-                              3, 4, ... with LISTEN_FDS, LISTEN_FDNAMES and
-                              LISTEN_PID (socket activation)
-  --subreaper                 adopt the programs' orphans: reap them, and stop
-                              them with the programs (PR_SET_CHILD_SUBREAPER)
-  --upgrade                   upgrade a running start_server to the binary
-                              now at the path it was started as, keeping
-                              its pid, sockets and workers (SIGUSR2), and
-                              wait until it did or say why not
-";
 
 #[cfg(test)]
 mod tests {

@@ -15,6 +15,7 @@ mod lifecycle;
 mod listen;
 mod log;
 mod notify;
+mod options;
 mod pidfile;
 mod progress;
 mod reaper;
@@ -43,7 +44,7 @@ fn main() -> ExitCode {
     let args = std::env::args_os().skip(1).collect();
     let posix = std::env::var_os("POSIXLY_CORRECT").is_some();
     let result = cli::parse(args, posix).and_then(|mode| match mode {
-        Mode::Help => print(cli::USAGE),
+        Mode::Help => print(&options::usage()),
         Mode::Version => print(&format!("{}\n", env!("CARGO_PKG_VERSION"))),
         Mode::Restart(client) => control::restart(&client),
         Mode::Stop(client) => control::stop(&client),

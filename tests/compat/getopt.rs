@@ -531,6 +531,9 @@ fn check_case(case: &Case) -> Result<(), String> {
 
 /// Runs the whole matrix concurrently and panics with every disagreement.
 pub fn check_matrix() {
+    if !harness::have_reference() {
+        return;
+    }
     assert!(CASES.len() >= 100, "only {} command lines", CASES.len());
     let _alone = harness::EXCLUSIVE
         .write()

@@ -18,8 +18,14 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-/// Where Debian's `libserver-starter-perl` installs the reference.
-pub const REFERENCE: &str = "/usr/bin/start_server";
+#[path = "../common/reference.rs"]
+mod reference;
+pub use reference::REFERENCE;
+use reference::{REFERENCE_PACKAGE, find_reference};
+
+/// Set to make the suite fail, not skip, without the reference (the same
+/// variable as the integration tests').
+const NO_SKIP_VAR: &str = "START_SERVER_TEST_NO_SKIP";
 
 /// The niceness of every process a run starts (inherited by workers):
 /// lower priority than the test process, so that the threads observing a
@@ -82,17 +88,32 @@ fn boot_time_ms() -> u128 {
 /// The environment variable that marks a run's processes.
 pub const MARKER: &str = "COMPAT_SANDBOX";
 
-/// The Perl reference, or a panic that says how to install it: this suite
-/// never skips.
-pub fn reference_bin() -> PathBuf {
-    let path = PathBuf::from(REFERENCE);
-    assert!(
-        path.is_file(),
-        "the Perl reference {REFERENCE} is missing: install it with \
-         `apt-get install -y libserver-starter-perl` (.ci/run does). The \
-         differential suite compares against it and refuses to skip."
+/// Whether the calling test can run: true when the reference is installed.
+/// Otherwise it reports the test skipped with a `skipped: <test>: <reason>`
+/// line on stderr naming the package to install (past libtest's capture, so
+/// that it always shows), or panics when [`NO_SKIP_VAR`] is set (CI).
+pub fn have_reference() -> bool {
+    if find_reference().is_some() {
+        return true;
+    }
+    let current = std::thread::current();
+    let test = current.name().unwrap_or("unnamed test");
+    let reason = format!(
+        "the Perl reference {REFERENCE} is not installed (apt-get install {REFERENCE_PACKAGE})"
     );
-    path
+    if std::env::var_os(NO_SKIP_VAR).is_some_and(|v| !v.is_empty()) {
+        panic!("{test} cannot run here ({NO_SKIP_VAR} is set): {reason}");
+    }
+    let line = format!("skipped: {test}: {reason}\n");
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), line.as_bytes());
+    false
+}
+
+/// The Perl reference; only for a test that checked [`have_reference`].
+pub fn reference_bin() -> PathBuf {
+    find_reference()
+        .expect("the reference is installed (checked by have_reference)")
+        .to_path_buf()
 }
 
 /// Our binary.

@@ -234,11 +234,12 @@ fn the_progress_channel_lives_and_goes_with_the_supervisor() {
 
 #[test]
 fn restart_against_the_perl_reference_reads_the_status_file_needs_reference() {
-    let reference = std::path::Path::new("/usr/bin/start_server");
-    if !reference.exists() {
-        skip("the Perl reference /usr/bin/start_server is not installed");
+    let Some(reference) = find_reference() else {
+        skip(&format!(
+            "the Perl reference is not installed (apt-get install {REFERENCE_PACKAGE})"
+        ));
         return;
-    }
+    };
     let sb = Sandbox::new();
     let script = format!("shift; exec {} \"$@\"", reference.display());
     let srv = sb

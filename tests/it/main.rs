@@ -6,7 +6,7 @@
 //! differences of docs/behaviour.md section 8 say so in a comment and fail there.
 //!
 //! A test named `..._needs_<what>` prints `skipped: <test>: <reason>` and
-//! passes where it cannot run; `START_SERVER_IT_NO_SKIP=1` makes it fail
+//! passes where it cannot run; `START_SERVER_TEST_NO_SKIP=1` makes it fail
 //! instead.
 
 mod support;
@@ -22,6 +22,7 @@ mod faults;
 mod file_safety;
 mod leaks;
 mod log_file;
+mod manual;
 mod pid_file;
 mod readiness;
 mod restart;

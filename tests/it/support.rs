@@ -55,6 +55,10 @@ const SCRUBBED_ENV: &[&str] = &[
     "NOTIFY_SOCKET",
 ];
 
+#[path = "../common/reference.rs"]
+mod reference;
+pub use reference::{REFERENCE_PACKAGE, find_reference};
+
 /// The binary under test: `$START_SERVER_BIN` when set (to run the suite
 /// against the Perl reference), else ours.
 pub fn start_server_bin() -> PathBuf {
@@ -1366,14 +1370,14 @@ pub const NOBODY: (u32, u32) = (65534, 65534);
 
 /// Set to make a test that cannot run here fail instead of skipping (for a
 /// CI run that must run everything).
-pub const NO_SKIP_VAR: &str = "START_SERVER_IT_NO_SKIP";
+pub const NO_SKIP_VAR: &str = "START_SERVER_TEST_NO_SKIP";
 
 /// Reports that the calling test cannot run here, and why: a
 /// `skipped: <test>: <reason>` line on stderr, written past libtest's
 /// output capture (which hides `eprintln!` of a passing test) so that it
 /// shows in every run. The test then returns early; libtest has no run-time
 /// "ignored" outcome, so such tests carry a `_needs_<what>` suffix, and
-/// `START_SERVER_IT_NO_SKIP=1` turns the skip into a failure.
+/// `START_SERVER_TEST_NO_SKIP=1` turns the skip into a failure.
 pub fn skip(reason: &str) {
     let current = std::thread::current();
     let test = current.name().unwrap_or("unnamed test");

@@ -427,11 +427,12 @@ fn upgrade_needs_a_pid_file() {
 
 #[test]
 fn upgrade_never_signals_a_perl_start_server_needs_reference() {
-    let reference = Path::new("/usr/bin/start_server");
-    if !reference.exists() {
-        skip("the Perl reference /usr/bin/start_server is not installed");
+    let Some(reference) = find_reference() else {
+        skip(&format!(
+            "the Perl reference is not installed (apt-get install {REFERENCE_PACKAGE})"
+        ));
         return;
-    }
+    };
     let sb = Sandbox::new();
     let srv = sb.server().binary(reference.to_path_buf()).spawn();
     let worker = srv.wait_current(1);
