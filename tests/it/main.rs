@@ -29,4 +29,5 @@ mod shutdown;
 mod sockets;
 mod status_file;
 mod unix_socket;
+mod worker_examples;
 mod workers;
