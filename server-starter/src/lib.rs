@@ -801,6 +801,11 @@ pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
 ///
 /// let tcp = server_starter::listener(addr.to_string())?.into_tcp()?;
 /// assert_eq!(tcp.local_addr()?, addr);
+///
+/// // Taken once: `tcp` owns the descriptor now.
+/// use server_starter::Error::AlreadyTaken;
+/// assert!(matches!(server_starter::listener(addr.to_string()), Err(AlreadyTaken)));
+/// assert!(matches!(server_starter::listeners(), Err(AlreadyTaken)));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn listener(key: impl AsRef<OsStr>) -> Result<Listener, Error> {
