@@ -370,17 +370,10 @@ impl Drop for Sockets {
     }
 }
 
-/// A `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`, keys as bytes.
+/// A `SERVER_STARTER_PORT` value: `KEY=FD` joined with `;`, keys as bytes,
+/// written by the worker library that reads it.
 pub fn env_value_of<'a>(entries: impl IntoIterator<Item = (&'a OsStr, RawFd)>) -> OsString {
-    let mut value = OsString::new();
-    for (i, (key, fd)) in entries.into_iter().enumerate() {
-        if i > 0 {
-            value.push(";");
-        }
-        value.push(key);
-        value.push(format!("={fd}"));
-    }
-    value
+    server_starter::encode_server_ports(entries)
 }
 
 /// Binds every spec in order (ports first, then paths, as given), applies

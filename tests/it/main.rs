@@ -32,4 +32,5 @@ mod status_file;
 mod systemd;
 mod unix_socket;
 mod upgrade;
+mod worker_examples;
 mod workers;

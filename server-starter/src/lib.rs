@@ -16,7 +16,12 @@
 //! This crate gives a Rust worker what Perl's `Server::Starter::server_ports()`
 //! gives a Perl one: [`server_ports`] parses the variable into key → fd, and
 //! [`listeners`] turns those descriptors into ready std sockets by asking each
-//! one what it is. It depends on `std` and `libc` only.
+//! one what it is. [`listener`] takes one socket by its key, and
+//! [`listener_or_bind`] binds the key's address itself when the process was
+//! not started by `start_server`, so that the same worker also runs on its
+//! own (`cargo run`) during development. [`encode_server_ports`] writes the
+//! variable: `start_server` uses it, so one format has one reader and one
+//! writer. It depends on `std` and `libc` only.
 //!
 //! A `--path` is a file name, and file names are bytes: `start_server` writes
 //! such a key into the variable as it is, UTF-8 or not. The `String` API
@@ -73,31 +78,45 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! One socket by its key, the way a worker that knows its address takes it;
+//! run outside `start_server`, the same line binds the address itself:
+//!
+//! ```no_run
+//! use std::io::Write;
+//!
+//! // `start_server --port=127.0.0.1:8080 -- worker`, or just `worker`.
+//! let listener = server_starter::listener_or_bind("127.0.0.1:8080")?.into_tcp()?;
+//! for stream in listener.incoming() {
+//!     stream?.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n")?;
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # Async runtimes
 //!
 //! The sockets come blocking, as `start_server` (like the Perl original)
-//! creates them. An event loop wants them non-blocking; set that yourself
-//! before handing the socket over, e.g. with tokio:
+//! creates them. An event loop wants them non-blocking:
+//! [`Listener::into_nonblocking`] (or [`listeners_nonblocking`] for all of
+//! them) sets `O_NONBLOCK`, after which the std socket goes to the runtime as
+//! it is, e.g. with tokio:
 //!
 //! ```ignore
-//! use server_starter::Listener;
-//!
-//! for (key, listener) in server_starter::listeners()? {
-//!     if let Listener::Tcp(std_listener) = listener {
-//!         std_listener.set_nonblocking(true)?;
-//!         let listener = tokio::net::TcpListener::from_std(std_listener)?;
-//!         tokio::spawn(serve(key, listener));
-//!     }
-//! }
+//! let listener = server_starter::listener_or_bind("127.0.0.1:8080")?
+//!     .into_nonblocking()?
+//!     .into_tcp()?;
+//! let listener = tokio::net::TcpListener::from_std(listener)?;
 //! ```
+//!
+//! (`examples/axum-worker` in the repository is a whole tokio + axum worker
+//! with graceful shutdown.)
 //!
 //! `O_NONBLOCK` is a flag of the open file description, which every worker
 //! generation shares: setting it here also changes it for the previous and the
 //! next generation. That is fine: `start_server` never touches those flags
 //! after binding, so a worker that sets them keeps them, and a blocking worker
 //! of another generation that inherits a non-blocking socket sees `accept`
-//! return `WouldBlock` instead of hanging. [`listeners`] itself leaves the file
-//! status flags alone.
+//! return `WouldBlock` instead of hanging. [`listeners`] and [`listener`]
+//! themselves leave the file status flags alone.
 //!
 //! # Readiness
 //!
@@ -127,11 +146,13 @@ use std::ffi::{OsStr, OsString, c_int};
 use std::fmt;
 use std::io;
 use std::mem;
-use std::net::{TcpListener, UdpSocket};
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::net::{UnixDatagram, UnixListener};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 /// The variable naming the inherited sockets.
@@ -157,8 +178,17 @@ const SEND_FLAGS: c_int = libc::MSG_NOSIGNAL;
 #[cfg(target_vendor = "apple")]
 const SEND_FLAGS: c_int = 0;
 
-/// Set once [`listeners`] has handed out the inherited descriptors.
-static TAKEN: AtomicBool = AtomicBool::new(false);
+/// Which inherited descriptors this process has taken.
+static TAKEN: Mutex<Taken> = Mutex::new(Taken {
+    all: false,
+    fds: Vec::new(),
+});
+
+/// What [`listeners`] (all of them) and [`listener`] (one each) handed out.
+struct Taken {
+    all: bool,
+    fds: Vec<RawFd>,
+}
 
 /// Why the inherited sockets could not be read or taken.
 #[derive(Debug)]
@@ -193,8 +223,11 @@ pub enum Error {
         /// Its type (`SOCK_*`).
         kind: c_int,
     },
-    /// [`listeners`] was already called successfully in this process: the
-    /// descriptors belong to the values it returned.
+    /// The socket was already taken in this process: by a successful
+    /// [`listeners`] (which takes them all), or, for [`listener`], by an
+    /// earlier [`listener`] of the same socket; [`listeners`] also refuses
+    /// once [`listener`] took one. The descriptors belong to the values
+    /// returned then.
     AlreadyTaken,
     /// A system call on an inherited descriptor failed for another reason; the
     /// cause is the [`source`](std::error::Error::source).
@@ -219,6 +252,33 @@ pub enum Error {
         /// The address the datagram was sent to, as given.
         socket: OsString,
         /// Why the send failed.
+        source: io::Error,
+    },
+    /// `SERVER_STARTER_PORT` is set but has no entry for the key given to
+    /// [`listener`] or [`listener_or_bind`]: `start_server` was given other
+    /// `--port`/`--path` options than the worker expects. (Binding the
+    /// address instead would give a socket that does not survive a restart,
+    /// so this is an error, never a reason to bind.)
+    NoSuchKey {
+        /// The key asked for.
+        key: String,
+        /// The keys the variable has, in its order.
+        available: Vec<String>,
+    },
+    /// The socket is not of the kind asked for by [`Listener::into_tcp`],
+    /// [`Listener::into_unix`] or [`Listener::into_udp`].
+    WrongKind {
+        /// The kind asked for: `"tcp"`, `"unix"` or `"udp"`.
+        expected: &'static str,
+        /// The kind the socket is.
+        found: &'static str,
+    },
+    /// [`listener_or_bind`], run outside `start_server`, could not bind the
+    /// key's address; the cause is the [`source`](std::error::Error::source).
+    Bind {
+        /// The address (the key), as given.
+        address: String,
+        /// Why binding failed.
         source: io::Error,
     },
 }
@@ -260,6 +320,22 @@ impl fmt::Display for Error {
                 "cannot send a notification to {:?}",
                 socket.to_string_lossy()
             ),
+            Error::NoSuchKey { key, available } if available.is_empty() => {
+                write!(f, "no socket {key:?} in {PORT_VAR}: it names none")
+            }
+            Error::NoSuchKey { key, available } => write!(
+                f,
+                "no socket {key:?} in {PORT_VAR}: it has {}",
+                available
+                    .iter()
+                    .map(|key| format!("{key:?}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            Error::WrongKind { expected, found } => {
+                write!(f, "expected a {expected} socket, got a {found} socket")
+            }
+            Error::Bind { address, .. } => write!(f, "failed to bind {address:?}"),
         }
     }
 }
@@ -267,7 +343,9 @@ impl fmt::Display for Error {
 impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            Error::Io(err) | Error::NotifyFailed { source: err, .. } => Some(err),
+            Error::Io(err)
+            | Error::NotifyFailed { source: err, .. }
+            | Error::Bind { source: err, .. } => Some(err),
             _ => None,
         }
     }
@@ -303,6 +381,94 @@ impl AsFd for Listener {
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
         self.as_fd().as_raw_fd()
+    }
+}
+
+impl Listener {
+    /// Sets or clears `O_NONBLOCK` on the socket.
+    ///
+    /// The flag belongs to the open file description, which every worker
+    /// generation shares (see the crate documentation).
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(socket) => socket.set_nonblocking(nonblocking),
+            Listener::Unix(socket) => socket.set_nonblocking(nonblocking),
+            Listener::Udp(socket) => socket.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// The same socket with `O_NONBLOCK` set, ready for an async runtime:
+    /// `tokio::net::TcpListener::from_std` (and its unix and UDP twins)
+    /// take the std socket inside as it is.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] if `fcntl` fails (the socket is then closed).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use std::io::ErrorKind;
+    /// use std::net::TcpListener;
+    /// use server_starter::Listener;
+    ///
+    /// let listener = Listener::Tcp(TcpListener::bind("127.0.0.1:0")?).into_nonblocking()?;
+    /// let tcp = listener.into_tcp()?;
+    /// // Nobody is connecting: a non-blocking accept returns at once.
+    /// assert_eq!(tcp.accept().unwrap_err().kind(), ErrorKind::WouldBlock);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn into_nonblocking(self) -> Result<Listener, Error> {
+        self.set_nonblocking(true)?;
+        Ok(self)
+    }
+
+    /// The TCP listener inside.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongKind`] when the socket is a unix or UDP one (it is then
+    /// closed: match on the enum instead to keep it).
+    pub fn into_tcp(self) -> Result<TcpListener, Error> {
+        match self {
+            Listener::Tcp(socket) => Ok(socket),
+            other => Err(other.wrong_kind("tcp")),
+        }
+    }
+
+    /// The unix stream listener inside.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongKind`] when the socket is a TCP or UDP one (it is then
+    /// closed).
+    pub fn into_unix(self) -> Result<UnixListener, Error> {
+        match self {
+            Listener::Unix(socket) => Ok(socket),
+            other => Err(other.wrong_kind("unix")),
+        }
+    }
+
+    /// The UDP socket inside.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::WrongKind`] when the socket is a TCP or unix one (it is then
+    /// closed).
+    pub fn into_udp(self) -> Result<UdpSocket, Error> {
+        match self {
+            Listener::Udp(socket) => Ok(socket),
+            other => Err(other.wrong_kind("udp")),
+        }
+    }
+
+    fn wrong_kind(&self, expected: &'static str) -> Error {
+        let found = match self {
+            Listener::Tcp(_) => "tcp",
+            Listener::Unix(_) => "unix",
+            Listener::Udp(_) => "udp",
+        };
+        Error::WrongKind { expected, found }
     }
 }
 
@@ -439,6 +605,43 @@ pub fn server_ports_from_os(value: &OsStr) -> Result<Vec<(OsString, RawFd)>, Err
         .collect()
 }
 
+/// Writes `(key, fd)` pairs as a `SERVER_STARTER_PORT` value: `KEY=FD`
+/// entries joined by `;`, in the given order, each key byte for byte. This
+/// is what `start_server` sets for its workers, and what
+/// [`server_ports_from_os`] reads back.
+///
+/// Every key is written as it is, as `start_server` (like the Perl original)
+/// writes every `--port` and `--path` as given. Two cannot be read back: an
+/// empty key and one that holds a `;` (nothing escapes the separator).
+///
+/// # Examples
+///
+/// ```
+/// use std::ffi::OsStr;
+///
+/// let value = server_starter::encode_server_ports([("80", 3), ("/tmp/app.sock", 4)]);
+/// assert_eq!(value, "80=3;/tmp/app.sock=4");
+/// assert_eq!(
+///     server_starter::server_ports_from_os(&value)?,
+///     [("80".into(), 3), ("/tmp/app.sock".into(), 4)]
+/// );
+/// assert_eq!(server_starter::encode_server_ports::<&OsStr>([]), "");
+/// # Ok::<(), server_starter::Error>(())
+/// ```
+pub fn encode_server_ports<K: AsRef<OsStr>>(
+    ports: impl IntoIterator<Item = (K, RawFd)>,
+) -> OsString {
+    let mut value = OsString::new();
+    for (i, (key, fd)) in ports.into_iter().enumerate() {
+        if i > 0 {
+            value.push(";");
+        }
+        value.push(key.as_ref());
+        value.push(format!("={fd}"));
+    }
+    value
+}
+
 /// The entries of a `SERVER_STARTER_PORT` value, each parsed.
 fn parse_entries(value: &[u8]) -> impl Iterator<Item = Result<(&[u8], RawFd), Error>> {
     value
@@ -517,7 +720,7 @@ pub fn generation() -> Option<u64> {
 /// [`Error::Malformed`] too when two entries name the same descriptor;
 /// [`Error::NotASocket`] for a descriptor that is not open or not a socket;
 /// [`Error::UnsupportedSocket`] for any other kind of socket;
-/// [`Error::AlreadyTaken`] on a second call.
+/// [`Error::AlreadyTaken`] on a second call, or once [`listener`] took one.
 pub fn listeners() -> Result<Vec<(String, Listener)>, Error> {
     take_once(server_ports()?)
 }
@@ -553,18 +756,253 @@ pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
     take_once(server_ports_os()?)
 }
 
-/// Takes `ports` unless the inherited sockets were already taken.
+/// Takes the socket named `key` in `SERVER_STARTER_PORT`, as a std socket.
+///
+/// `key` is matched against each entry's key as `start_server` wrote it
+/// (the `--port` or `--path` value: `"8080"`, `"127.0.0.1:8080"`,
+/// `"[::1]:8080"`, `"/tmp/app.sock"`). When no key is the same, a TCP
+/// address matches an entry for the same address written another way: a
+/// bare port is `0.0.0.0:PORT` (what `start_server` binds for it), and
+/// `localhost` is `127.0.0.1`, so `"0.0.0.0:8080"` finds `--port=8080` and
+/// `"8080"` finds `--port=0.0.0.0:8080`. Paths match only as written.
+///
+/// The socket is checked and flagged as by [`listeners`]. Each socket can be
+/// taken once per process, by this or by [`listeners`].
+///
+/// # Errors
+///
+/// [`Error::NotStarted`] when `SERVER_STARTER_PORT` is unset (see
+/// [`listener_or_bind`] for a worker that should then bind the address
+/// itself), [`Error::Malformed`] when it cannot be parsed,
+/// [`Error::NoSuchKey`] when it has no entry for `key`,
+/// [`Error::AlreadyTaken`] when the socket was taken before,
+/// [`Error::NotASocket`] and [`Error::UnsupportedSocket`] as for
+/// [`listeners`].
+///
+/// # Examples
+///
+/// What a worker sees under `start_server --port=127.0.0.1:PORT`, done by
+/// hand: a socket bound on an ephemeral port, named in `SERVER_STARTER_PORT`.
+///
+/// ```
+/// use std::net::TcpListener;
+/// use std::os::fd::IntoRawFd;
+///
+/// let bound = TcpListener::bind("127.0.0.1:0")?;
+/// let addr = bound.local_addr()?;
+/// let fd = bound.into_raw_fd();
+/// let value = server_starter::encode_server_ports([(addr.to_string(), fd)]);
+/// // SAFETY: the doctest is single-threaded; nothing reads the environment
+/// // concurrently.
+/// unsafe { std::env::set_var("SERVER_STARTER_PORT", value) };
+///
+/// let error = server_starter::listener("127.0.0.1:1").unwrap_err();
+/// assert!(matches!(error, server_starter::Error::NoSuchKey { .. }));
+///
+/// let tcp = server_starter::listener(addr.to_string())?.into_tcp()?;
+/// assert_eq!(tcp.local_addr()?, addr);
+///
+/// // Taken once: `tcp` owns the descriptor now.
+/// use server_starter::Error::AlreadyTaken;
+/// assert!(matches!(server_starter::listener(addr.to_string()), Err(AlreadyTaken)));
+/// assert!(matches!(server_starter::listeners(), Err(AlreadyTaken)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn listener(key: impl AsRef<OsStr>) -> Result<Listener, Error> {
+    let value = std::env::var_os(PORT_VAR).ok_or(Error::NotStarted)?;
+    take_key(&value, key.as_ref())
+}
+
+/// Takes the socket named `key` in `SERVER_STARTER_PORT` like [`listener`]
+/// or, when the variable is not set at all (the process was not started by
+/// `start_server`), binds `key` itself: run on its own (`cargo run`), the
+/// worker listens on the address it would be given in production.
+///
+/// Outside `start_server`, `key` is read as `start_server` reads a `--port`
+/// or `--path`: a bare port (`"8080"`) binds TCP `0.0.0.0:8080`,
+/// `"HOST:PORT"` and `"[V6]:PORT"` bind TCP there (a host name is
+/// resolved), anything else is the path of a unix socket, whose stale file
+/// (a socket nobody accepts on any more) is removed first. Std binds TCP with
+/// `SO_REUSEADDR` and a backlog of 128.
+///
+/// Under `start_server`, a missing key is an error, [`Error::NoSuchKey`],
+/// never a reason to bind: a socket bound by the worker would close with it,
+/// and connections would be refused during every restart.
+///
+/// # Errors
+///
+/// As for [`listener`], except [`Error::NotStarted`]; [`Error::Bind`] when
+/// binding fails.
+///
+/// # Examples
+///
+/// ```
+/// // SAFETY: the doctest is single-threaded; nothing reads the environment
+/// // concurrently.
+/// unsafe { std::env::remove_var("SERVER_STARTER_PORT") };
+///
+/// // Not under start_server: bound here (port 0 picks a free one).
+/// let tcp = server_starter::listener_or_bind("127.0.0.1:0")?.into_tcp()?;
+/// assert!(tcp.local_addr()?.ip().is_loopback());
+///
+/// let dir = tempfile::tempdir()?;
+/// let path = dir.path().join("app.sock");
+/// let unix = server_starter::listener_or_bind(&path)?.into_unix()?;
+/// assert_eq!(unix.local_addr()?.as_pathname(), Some(path.as_path()));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn listener_or_bind(key: impl AsRef<OsStr>) -> Result<Listener, Error> {
+    match std::env::var_os(PORT_VAR) {
+        Some(value) => take_key(&value, key.as_ref()),
+        None => bind_key(key.as_ref()),
+    }
+}
+
+/// Takes the sockets named in `SERVER_STARTER_PORT` like [`listeners`], each
+/// with `O_NONBLOCK` set (see [`Listener::into_nonblocking`]), ready for an
+/// async runtime.
+///
+/// # Errors
+///
+/// As for [`listeners`]; [`Error::Io`] if `fcntl` fails.
+///
+/// # Examples
+///
+/// ```ignore
+/// for (key, listener) in server_starter::listeners_nonblocking()? {
+///     let listener = tokio::net::TcpListener::from_std(listener.into_tcp()?)?;
+///     tokio::spawn(serve(key, listener));
+/// }
+/// ```
+pub fn listeners_nonblocking() -> Result<Vec<(String, Listener)>, Error> {
+    listeners()?
+        .into_iter()
+        .map(|(key, listener)| Ok((key, listener.into_nonblocking()?)))
+        .collect()
+}
+
+/// The `TAKEN` registry, usable even if a thread panicked while holding it
+/// (it is updated only after the descriptors were wrapped).
+fn taken() -> MutexGuard<'static, Taken> {
+    TAKEN.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Takes `ports` unless some inherited socket was already taken.
 fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener)>, Error> {
-    if TAKEN.swap(true, Ordering::SeqCst) {
+    let mut taken = taken();
+    if taken.all || !taken.fds.is_empty() {
         return Err(Error::AlreadyTaken);
     }
     // SAFETY: the descriptors in SERVER_STARTER_PORT were handed to this
     // process for its own use, and `TAKEN` makes sure they are taken once.
-    let result = unsafe { take_listeners(ports) };
-    if result.is_err() {
-        TAKEN.store(false, Ordering::SeqCst);
+    let listeners = unsafe { take_listeners(ports) }?;
+    taken.all = true;
+    Ok(listeners)
+}
+
+/// Takes the entry of `value` (a `SERVER_STARTER_PORT`) that `key` names,
+/// unless it was already taken.
+fn take_key(value: &OsStr, key: &OsStr) -> Result<Listener, Error> {
+    let ports = server_ports_from_os(value)?;
+    let (found, fd) = find_port(&ports, key)?;
+    if ports.iter().filter(|(_, other)| *other == fd).count() > 1 {
+        return Err(Error::Malformed {
+            entry: format!("{}={fd}", found.to_string_lossy()),
+        });
     }
-    result
+    let mut taken = taken();
+    if taken.all || taken.fds.contains(&fd) {
+        return Err(Error::AlreadyTaken);
+    }
+    // SAFETY: as in `take_once`; `TAKEN` records the descriptor so that it
+    // is taken once.
+    let (_, listener) = unsafe { take_listeners(vec![(found, fd)]) }?
+        .pop()
+        .ok_or(Error::AlreadyTaken)?;
+    taken.fds.push(fd);
+    Ok(listener)
+}
+
+/// The entry `key` names: the same key, or else the same TCP address (see
+/// [`listener`]).
+fn find_port<'a>(ports: &'a [(OsString, RawFd)], key: &OsStr) -> Result<(&'a OsStr, RawFd), Error> {
+    let address = tcp_address(key.as_bytes());
+    ports
+        .iter()
+        .find(|(candidate, _)| candidate == key)
+        .or_else(|| {
+            let address = address?;
+            ports
+                .iter()
+                .find(|(candidate, _)| tcp_address(candidate.as_bytes()) == Some(address))
+        })
+        .map(|(found, fd)| (found.as_os_str(), *fd))
+        .ok_or_else(|| Error::NoSuchKey {
+            key: key.to_string_lossy().into_owned(),
+            available: ports
+                .iter()
+                .map(|(key, _)| key.to_string_lossy().into_owned())
+                .collect(),
+        })
+}
+
+/// The TCP address a key stands for, when it is a port, an IP address and
+/// port, or `localhost:PORT`; `None` for a path or any other host name.
+fn tcp_address(key: &[u8]) -> Option<SocketAddr> {
+    let key = std::str::from_utf8(key).ok()?;
+    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(SocketAddr::from(([0, 0, 0, 0], key.parse().ok()?)));
+    }
+    if let Ok(address) = key.parse() {
+        return Some(address);
+    }
+    match key.rsplit_once(':')? {
+        (host, port) if host.eq_ignore_ascii_case("localhost") => {
+            Some(SocketAddr::from(([127, 0, 0, 1], port.parse().ok()?)))
+        }
+        _ => None,
+    }
+}
+
+/// Binds `key` as [`listener_or_bind`] reads it outside `start_server`.
+fn bind_key(key: &OsStr) -> Result<Listener, Error> {
+    let failed = |source| Error::Bind {
+        address: key.to_string_lossy().into_owned(),
+        source,
+    };
+    if let Some(address) = tcp_address(key.as_bytes()) {
+        return TcpListener::bind(address)
+            .map(Listener::Tcp)
+            .map_err(failed);
+    }
+    if let Some(host_port) = key.to_str().filter(|key| is_host_port(key)) {
+        return TcpListener::bind(host_port)
+            .map(Listener::Tcp)
+            .map_err(failed);
+    }
+    let path = Path::new(key);
+    remove_stale_socket(path).map_err(failed)?;
+    UnixListener::bind(path).map(Listener::Unix).map_err(failed)
+}
+
+/// `HOST:PORT` with a host name: no `/` (that is a path), a numeric port.
+fn is_host_port(key: &str) -> bool {
+    key.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+    })
+}
+
+/// Removes the socket file at `path` if nothing accepts on it any more (left
+/// by an earlier run): anything else there makes the bind fail, as it should.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let is_socket = std::fs::symlink_metadata(path).is_ok_and(|meta| meta.file_type().is_socket());
+    if !is_socket {
+        return Ok(());
+    }
+    match UnixStream::connect(path) {
+        Err(err) if err.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        _ => Ok(()),
+    }
 }
 
 /// Sends `state` to the supervisor's notify socket, named by `NOTIFY_SOCKET`,
@@ -1333,6 +1771,159 @@ mod tests {
             unsafe { take_listeners(ports(&[("a", tcp.as_raw_fd()), ("b", tcp.as_raw_fd())])) }
                 .unwrap_err();
         assert!(matches!(error, Error::Malformed { .. }));
+    }
+
+    #[test]
+    fn encoded_ports_read_back() {
+        let ports = [("80", 3), ("[::1]:8080", 4), ("/tmp/a=b.sock", 10)];
+        let value = encode_server_ports(ports);
+        assert_eq!(value, "80=3;[::1]:8080=4;/tmp/a=b.sock=10");
+        let read = server_ports_from_os(&value).unwrap();
+        let expected: Vec<(OsString, RawFd)> = ports
+            .iter()
+            .map(|(k, fd)| (OsString::from(k), *fd))
+            .collect();
+        assert_eq!(read, expected);
+        let bytes = OsStr::from_bytes(b"/tmp/caf\xe9.sock");
+        assert_eq!(
+            server_ports_from_os(&encode_server_ports([(bytes, 5)])).unwrap(),
+            [(bytes.to_owned(), 5)]
+        );
+    }
+
+    #[test]
+    fn keys_stand_for_tcp_addresses() {
+        let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
+        assert_eq!(tcp_address(b"8080"), addr("0.0.0.0:8080"));
+        assert_eq!(tcp_address(b"0.0.0.0:8080"), addr("0.0.0.0:8080"));
+        assert_eq!(tcp_address(b"localhost:80"), addr("127.0.0.1:80"));
+        assert_eq!(tcp_address(b"[::1]:80"), addr("[::1]:80"));
+        for other in [
+            &b""[..],
+            b"99999",
+            b"/tmp/app.sock",
+            b"example.com:80",
+            b"localhost:http",
+            b"app.sock",
+        ] {
+            assert_eq!(tcp_address(other), None, "{other:?}");
+        }
+    }
+
+    #[test]
+    fn finds_a_port_by_key_or_by_address() {
+        let ports: Vec<(OsString, RawFd)> = [
+            ("8080", 3),
+            ("127.0.0.1:9000", 4),
+            ("localhost:9001", 5),
+            ("/tmp/app.sock", 6),
+        ]
+        .iter()
+        .map(|(k, fd)| (OsString::from(k), *fd))
+        .collect();
+        let find = |key: &str| find_port(&ports, OsStr::new(key)).map(|(k, fd)| (k.to_owned(), fd));
+        assert_eq!(find("8080").unwrap(), ("8080".into(), 3));
+        assert_eq!(find("0.0.0.0:8080").unwrap(), ("8080".into(), 3));
+        assert_eq!(
+            find("localhost:9000").unwrap(),
+            ("127.0.0.1:9000".into(), 4)
+        );
+        assert_eq!(
+            find("127.0.0.1:9001").unwrap(),
+            ("localhost:9001".into(), 5)
+        );
+        assert_eq!(find("/tmp/app.sock").unwrap(), ("/tmp/app.sock".into(), 6));
+        match find("127.0.0.1:8080").unwrap_err() {
+            Error::NoSuchKey { key, available } => {
+                assert_eq!(key, "127.0.0.1:8080");
+                assert_eq!(available.len(), 4);
+                let message = Error::NoSuchKey { key, available }.to_string();
+                assert_eq!(
+                    message,
+                    "no socket \"127.0.0.1:8080\" in SERVER_STARTER_PORT: it has \"8080\", \
+                     \"127.0.0.1:9000\", \"localhost:9001\", \"/tmp/app.sock\""
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            find("/tmp/app.sock2"),
+            Err(Error::NoSuchKey { .. })
+        ));
+        let none = find_port(&[], OsStr::new("80")).unwrap_err();
+        assert_eq!(
+            none.to_string(),
+            "no socket \"80\" in SERVER_STARTER_PORT: it names none"
+        );
+    }
+
+    #[test]
+    fn binds_a_key_outside_start_server() {
+        let tcp = bind_key(OsStr::new("127.0.0.1:0"))
+            .unwrap()
+            .into_tcp()
+            .unwrap();
+        assert!(tcp.local_addr().unwrap().ip().is_loopback());
+        let tcp = bind_key(OsStr::new("localhost:0"))
+            .unwrap()
+            .into_tcp()
+            .unwrap();
+        assert!(tcp.local_addr().unwrap().ip().is_loopback());
+
+        // The address is taken: the error names it and keeps the cause.
+        let taken = tcp.local_addr().unwrap().to_string();
+        let error = bind_key(OsStr::new(&taken)).unwrap_err();
+        assert!(
+            matches!(&error, Error::Bind { address, source }
+                if address == &taken && source.kind() == io::ErrorKind::AddrInUse),
+            "{error:?}"
+        );
+        assert_eq!(error.to_string(), format!("failed to bind {taken:?}"));
+
+        // A path: a stale socket file is replaced, a live one is not.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        drop(UnixListener::bind(&path).unwrap());
+        let unix = bind_key(path.as_os_str()).unwrap().into_unix().unwrap();
+        assert_eq!(
+            unix.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+        let error = bind_key(path.as_os_str()).unwrap_err();
+        assert!(
+            matches!(&error, Error::Bind { source, .. }
+            if source.kind() == io::ErrorKind::AddrInUse),
+            "{error:?}"
+        );
+        // A file that is no socket stays.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "data").unwrap();
+        assert!(bind_key(file.as_os_str()).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    }
+
+    #[test]
+    fn converts_to_the_kind_asked_for() {
+        let tcp = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let error = tcp.into_unix().unwrap_err();
+        assert!(matches!(
+            error,
+            Error::WrongKind {
+                expected: "unix",
+                found: "tcp"
+            }
+        ));
+        assert_eq!(
+            error.to_string(),
+            "expected a unix socket, got a tcp socket"
+        );
+        let udp = Listener::Udp(UdpSocket::bind("127.0.0.1:0").unwrap());
+        let udp = udp.into_nonblocking().unwrap().into_udp().unwrap();
+        let mut buf = [0; 1];
+        assert_eq!(
+            udp.recv(&mut buf).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
     }
 
     #[test]
