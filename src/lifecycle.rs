@@ -1026,6 +1026,9 @@ impl Lifecycle {
             return;
         };
         service.reloading = true;
+        // A HUP during an upgrade takes its reload over: its generation's
+        // `READY=1` ends it.
+        service.upgrading = false;
         let status = format!("restarting: starting generation {}", self.generation + 1);
         self.notice(Some(State::Reloading), status, out);
     }
@@ -1091,9 +1094,10 @@ impl Lifecycle {
         );
     }
 
-    /// The upgrade's reload ends, unless a restart began meanwhile (its
-    /// generation's `READY=1` ends it then) or the first generation is not
-    /// current yet.
+    /// The upgrade's reload ends with it, unless a HUP restart took it
+    /// over meanwhile (its generation's `READY=1` ends it then) or a
+    /// generation made current meanwhile ended it already. A crash or
+    /// auto-restart under way does not hold it: it may take long.
     fn notify_upgrade_ended(&mut self, out: &mut Vec<Action>) {
         let Some(service) = self.service.as_mut() else {
             return;
@@ -1101,13 +1105,12 @@ impl Lifecycle {
         if !std::mem::take(&mut service.upgrading) || !service.reloading {
             return;
         }
-        if let (Some(current), None) = (self.current, &self.start) {
-            if let Some(service) = self.service.as_mut() {
-                service.reloading = false;
-            }
-            let status = self.running_status(current);
-            self.notice(Some(State::Ready), status, out);
-        }
+        service.reloading = false;
+        let status = match self.current {
+            Some(current) => self.running_status(current),
+            None => "upgraded; starting a new generation".to_string(),
+        };
+        self.notice(Some(State::Ready), status, out);
     }
 
     fn notify_stopping(&mut self, workers: usize, out: &mut Vec<Action>) {

@@ -339,6 +339,15 @@ impl Sockets {
             .join(":")
     }
 
+    /// Every descriptor of the sockets, the activation copies too.
+    pub fn raw_fds(&self) -> Vec<RawFd> {
+        self.bound
+            .iter()
+            .flat_map(|b| std::iter::once(&b.fd).chain(&b.activation_copy))
+            .map(AsRawFd::as_raw_fd)
+            .collect()
+    }
+
     /// Whether a socket sits on stdin (`=0`), which daemonizing keeps.
     pub fn uses_stdin(&self) -> bool {
         self.bound.iter().any(|b| b.fd.as_raw_fd() == 0)

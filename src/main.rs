@@ -36,14 +36,22 @@ use std::process::ExitCode;
 use cli::Mode;
 
 fn main() -> ExitCode {
-    // Asked by a running start_server whether we can take over its state.
-    if let Some(version) = std::env::var_os(upgrade::PROBE_VAR) {
-        let _ = std::io::stdout().write_all(upgrade::answer_probe(&version).as_bytes());
-        return ExitCode::SUCCESS;
-    }
     let args = std::env::args_os().skip(1).collect();
     let posix = std::env::var_os("POSIXLY_CORRECT").is_some();
-    let result = cli::parse(args, posix).and_then(|mode| match mode {
+    let mode = cli::parse(args, posix);
+    // Asked by a running start_server, with its command line, whether we
+    // can take over its state.
+    if let Some(version) = std::env::var_os(upgrade::PROBE_VAR) {
+        let command_line = match &mode {
+            Ok(Mode::Start(_)) => Ok(()),
+            Ok(_) => Err("not a command line that starts a server".to_string()),
+            Err(e) => Err(format!("{e:#}")),
+        };
+        let answer = upgrade::answer_probe(&version, command_line);
+        let _ = std::io::stdout().write_all(answer.as_bytes());
+        return ExitCode::SUCCESS;
+    }
+    let result = mode.and_then(|mode| match mode {
         Mode::Help => print(&options::usage()),
         Mode::Version => print(&format!("{}\n", env!("CARGO_PKG_VERSION"))),
         Mode::Restart(client) => control::restart(&client),

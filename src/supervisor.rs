@@ -17,6 +17,7 @@
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
+use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -81,7 +82,7 @@ fn upgrade_sigset() -> SigSet {
 pub fn run(config: Config) -> Result<()> {
     let mode = config.systemd_notify;
     let supervisor = match upgrade::take_state() {
-        Some(state) => resume(config, &state?)?,
+        Some(state) => resume(config, &state?),
         None => set_up(config).inspect_err(|e| systemd::report_failure(mode, e))?,
     };
     supervisor.run();
@@ -242,14 +243,14 @@ fn core_config(config: &Config) -> lifecycle::Config {
 /// the order [`Supervisor::save`] wrote it, with the command line parsed
 /// again for what it fixes. The signals are still blocked, as they were
 /// across the exec; they are unblocked once the handlers are in place.
-fn resume(config: Config, bytes: &[u8]) -> Result<Supervisor> {
+fn resume(config: Config, bytes: &[u8]) -> Supervisor {
     let held = upgrade_sigset();
-    held.thread_block().context("failed to block signals")?;
-    let (from, taken) =
-        take_over(&config, bytes).context("failed to take over after the upgrade")?;
-    let signals = SignalQueue::install()?;
-    let log = LogWriter::for_stderr()?;
-    held.thread_unblock().context("failed to unblock signals")?;
+    let _ = held.thread_block();
+    let (from, taken) = take_over(&config, bytes);
+    let signals = SignalQueue::install().unwrap_or_else(|e| abandon(&format!("{e:#}")));
+    let log = LogWriter::for_stderr().unwrap_or_else(|e| abandon(&format!("{e:#}")));
+    let _ = held.thread_unblock();
+    upgrade::restore_name(taken.exe.as_deref());
     let mut supervisor = Supervisor::assemble(config, taken, signals, log);
     let to = env!("CARGO_PKG_VERSION");
     let line = format!(
@@ -264,39 +265,61 @@ fn resume(config: Config, bytes: &[u8]) -> Result<Supervisor> {
         });
     }
     supervisor.feed(Event::Upgrade(Upgrade::Ended));
-    Ok(supervisor)
+    supervisor
+}
+
+/// The new image cannot go on (the probe makes this next to impossible: it
+/// checked the state version and the command line). Exits at once, running
+/// no destructor: what was taken over (the pid file, the sockets' files,
+/// the status file) stays as it is, and so do the workers, which keep
+/// serving on their own.
+fn abandon(why: &str) -> ! {
+    let _ = writeln!(
+        std::io::stderr(),
+        "start_server (pid:{}): failed to take over after the upgrade: {why}; \
+         exiting, the workers keep running",
+        std::process::id()
+    );
+    std::process::exit(1)
+}
+
+/// A field of the state, or [`abandon`].
+fn field<T: state::Decode>(r: &mut Reader<'_>) -> T {
+    r.get().unwrap_or_else(|e| abandon(&e.to_string()))
 }
 
 /// Reads the state: the old image's version, and what it held.
-fn take_over(config: &Config, bytes: &[u8]) -> Result<(String, Taken), state::Error> {
-    let mut r = Reader::new(bytes)?;
-    let from: String = r.get()?;
-    let elapsed: Duration = r.get()?;
+fn take_over(config: &Config, bytes: &[u8]) -> (String, Taken) {
+    let mut r = Reader::new(bytes).unwrap_or_else(|e| abandon(&e.to_string()));
+    let from: String = field(&mut r);
+    let elapsed: Duration = field(&mut r);
     let now = Instant::now();
+    let core =
+        Lifecycle::restore(core_config(config), &mut r).unwrap_or_else(|e| abandon(&e.to_string()));
     let taken = Taken {
         // The core's clock goes on where the old image left it.
         clock: now.checked_sub(elapsed).unwrap_or(now),
-        core: Lifecycle::restore(core_config(config), &mut r)?,
-        base_env: r.get()?,
-        sockets: r.get()?,
-        pid_file: r.get()?,
-        status: r.get()?,
-        notifier: r.get()?,
-        progress: r.get()?,
-        exe: r.get()?,
-        carried: r.get()?,
+        core,
+        base_env: field(&mut r),
+        sockets: field(&mut r),
+        pid_file: field(&mut r),
+        status: field(&mut r),
+        notifier: field(&mut r),
+        progress: field(&mut r),
+        exe: field(&mut r),
+        carried: field(&mut r),
         // The same socket address, from our own environment, as before.
-        service_manager: if r.get::<bool>()? {
+        service_manager: if field::<bool>(&mut r) {
             ServiceManager::from_env(config.systemd_notify, &Env::inherited())
                 .ok()
                 .flatten()
         } else {
             None
         },
-        own_children: r.get()?,
+        own_children: field(&mut r),
     };
-    r.finish()?;
-    Ok((from, taken))
+    r.finish().unwrap_or_else(|e| abandon(&e.to_string()));
+    (from, taken)
 }
 
 /// What a supervisor starts its loop with, made by setup or handed down
@@ -444,10 +467,8 @@ impl Supervisor {
         loop {
             // Drain before reaping: a SIGCHLD arriving after the drain
             // leaves a byte in the pipe, so the next poll cannot miss it.
-            let pending = self
-                .signals
-                .drain()
-                .merge(std::mem::take(&mut self.carried));
+            // What an old image handed down came first.
+            let pending = std::mem::take(&mut self.carried).merge(self.signals.drain());
             // Before the HUP: a client connects, then signals.
             if let Some(progress) = &mut self.progress {
                 progress.accept_clients();
@@ -463,11 +484,7 @@ impl Supervisor {
                 } else {
                     Stop::Term
                 };
-                self.feed(Event::Stop(stop));
-                if let Some(probe) = self.probe.take() {
-                    let _ = probe.finish();
-                    self.upgrade_failed("start_server is shutting down");
-                }
+                self.stop(stop);
             }
             self.reload_env();
             self.reap_children();
@@ -494,12 +511,22 @@ impl Supervisor {
                 if self.core.stopping().is_none() {
                     self.log
                         .line(&format!("poll(2) failed: {e}; shutting down"));
-                    self.feed(Event::Stop(Stop::Term));
+                    self.stop(Stop::Term);
                 }
                 std::thread::sleep(Duration::from_millis(100));
             }
         }
         self.tear_down();
+    }
+
+    /// TERM or INT (or a broken poll): the core stops the workers, and an
+    /// upgrade under way is given up.
+    fn stop(&mut self, stop: Stop) {
+        self.feed(Event::Stop(stop));
+        if let Some(probe) = self.probe.take() {
+            let _ = probe.finish();
+            self.upgrade_failed("start_server is shutting down");
+        }
     }
 
     /// Feeds one event to the core and carries out what it asks for,
@@ -736,7 +763,24 @@ impl Supervisor {
             "received USR2, upgrading start_server from {}",
             exe.display()
         ));
-        match Probe::start(&exe) {
+        // The probe gets none of our sockets (a wrong program at the path
+        // must not hold a port) and no systemd variable; the flags are the
+        // descriptors' own, in this process only.
+        let sockets = self.sockets.raw_fds();
+        for &fd in &sockets {
+            state::set_cloexec(fd, true);
+        }
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        let hidden: Vec<&str> = systemd::NOTIFY_VARIABLES
+            .iter()
+            .chain(&systemd::LISTEN_VARIABLES)
+            .copied()
+            .collect();
+        let started = Probe::start(&exe, &args, &hidden);
+        for &fd in &sockets {
+            state::set_cloexec(fd, false);
+        }
+        match started {
             Ok(probe) => {
                 self.probe = Some(probe);
                 self.feed(Event::Upgrade(Upgrade::Begun));
@@ -756,6 +800,9 @@ impl Supervisor {
         };
         let exe = self.exe.clone().unwrap_or_default();
         match verdict {
+            Verdict::Yes if self.core.stopping().is_some() => {
+                self.upgrade_failed("start_server is shutting down")
+            }
             Verdict::Yes => self.exec_upgrade(&binary, &exe),
             Verdict::No(why) => {
                 self.upgrade_failed(&format!("{} cannot take over: {why}", exe.display()))
@@ -782,6 +829,8 @@ impl Supervisor {
         self.carried = pending;
         let _ = held.thread_unblock();
         self.upgrade_failed(&format!("{error:#}"));
+        // The drain above may have taken a SIGCHLD's byte.
+        self.reap_children();
     }
 
     /// What the new image reads back in [`resume`], in that order.

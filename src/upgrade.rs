@@ -40,6 +40,9 @@ pub const PROBE_VAR: &str = "START_SERVER_UPGRADE_PROBE";
 /// state. Never passed on to workers or to a later upgrade.
 pub const STATE_FD_VAR: &str = "START_SERVER_UPGRADE_STATE_FD";
 
+/// The longest answer read from a probe.
+const ANSWER_MAX: usize = 4096;
+
 /// How long the new binary has to answer the probe.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -48,10 +51,16 @@ fn yes(version: u32) -> String {
     format!("start_server reads state version {version}\n")
 }
 
-/// In the new binary, run as a probe: the line that answers it.
-pub fn answer_probe(asked: &OsStr) -> String {
+/// In the new binary, run as a probe with the running one's command line
+/// (`command_line`: whether it parses into a start): the line that
+/// answers it. Yes only when both the state and the command line are
+/// ours to take over, so that the new image never fails on either.
+pub fn answer_probe(asked: &OsStr, command_line: Result<(), String>) -> String {
     match asked.to_str().and_then(|v| v.parse::<u32>().ok()) {
-        Some(version) if version == state::VERSION => yes(version),
+        Some(version) if version == state::VERSION => match command_line {
+            Ok(()) => yes(version),
+            Err(e) => format!("start_server does not accept the command line: {e}\n"),
+        },
         _ => format!(
             "start_server does not read state version {}: it reads version {}\n",
             asked.to_string_lossy(),
@@ -62,10 +71,22 @@ pub fn answer_probe(asked: &OsStr) -> String {
 
 /// The path start_server was started as, absolute, so that an upgrade
 /// runs whatever file is there by then (a package upgrade replaces it).
-/// A bare name is looked up in `PATH`, as the shell did; `/proc/self/exe`
-/// (the file as it was) is the last resort.
+/// A bare name is looked up in `PATH`, as the shell did. Only a path that
+/// names the file we run now counts (a `PATH` may find another
+/// installation first); else `/proc/self/exe`'s path.
 pub fn resolve_self(argv0: Option<&OsStr>) -> Option<PathBuf> {
-    let from_argv0 = argv0.and_then(|name| {
+    let ours = nix::sys::stat::stat("/proc/self/exe").ok();
+    let same_file = |path: &Path| {
+        let there = nix::sys::stat::stat(path).ok();
+        matches!((ours, there), (Some(a), Some(b)) if (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino))
+    };
+    let named = as_started(argv0).filter(|path| same_file(path));
+    named.or_else(|| std::env::current_exe().ok())
+}
+
+/// argv[0] made absolute, looked up in `PATH` when it has no slash.
+fn as_started(argv0: Option<&OsStr>) -> Option<PathBuf> {
+    argv0.and_then(|name| {
         let path = Path::new(name);
         if name.as_bytes().contains(&b'/') {
             std::env::current_dir().ok().map(|cwd| cwd.join(path))
@@ -82,8 +103,7 @@ pub fn resolve_self(argv0: Option<&OsStr>) -> Option<PathBuf> {
                     }
                 })
         }
-    });
-    from_argv0.or_else(|| std::env::current_exe().ok())
+    })
 }
 
 fn is_executable(path: &Path) -> bool {
@@ -114,15 +134,23 @@ pub enum Verdict {
 }
 
 impl Probe {
-    /// Runs `path` as a probe. Its stdin and stderr are /dev/null.
-    pub fn start(path: &Path) -> Result<Probe> {
+    /// Runs `path` as a probe, with `args` (our command line without
+    /// argv[0]) and our environment without `hidden`. Its stdin and stderr
+    /// are /dev/null. The caller makes sure that no socket of ours is
+    /// inherited.
+    pub fn start(path: &Path, args: &[OsString], hidden: &[&str]) -> Result<Probe> {
         let binary = nix::fcntl::open(
             path,
             OFlag::O_PATH | OFlag::O_CLOEXEC,
             nix::sys::stat::Mode::empty(),
         )
         .with_context(|| format!("cannot run {}", path.display()))?;
-        let mut child = Command::new(path)
+        let mut command = Command::new(path);
+        for name in hidden {
+            command.env_remove(name);
+        }
+        let mut child = command
+            .args(args)
             // Its own group, so that killing it kills whatever it started.
             .process_group(0)
             .env(PROBE_VAR, state::VERSION.to_string())
@@ -180,7 +208,12 @@ impl Probe {
                 String::from_utf8_lossy(&line[..end])
             )));
         }
-        if self.out.is_none() || self.answer.len() > 4096 {
+        if self.answer.len() > ANSWER_MAX {
+            return Some(Verdict::No(format!(
+                "it wrote more than {ANSWER_MAX} bytes without answering"
+            )));
+        }
+        if self.out.is_none() {
             return Some(Verdict::No(match self.exited {
                 Some(status) => format!("it exited with status {status} without answering"),
                 None => "it closed its output without answering".to_string(),
@@ -195,10 +228,12 @@ impl Probe {
         None
     }
 
+    /// Reads what is there, up to the first line (or [`ANSWER_MAX`]
+    /// bytes): a program that writes without end cannot hold the loop.
     fn read(&mut self) {
         let Some(out) = &self.out else { return };
         let mut buf = [0u8; 512];
-        loop {
+        while !self.answer.contains(&b'\n') && self.answer.len() <= ANSWER_MAX {
             match nix::unistd::read(out.as_fd(), &mut buf) {
                 Ok(0) => {
                     self.out = None;
@@ -304,7 +339,30 @@ fn try_exec(
         set_cloexec(fd, cloexec);
     }
     drop(memfd);
+    if error == Errno::ENOENT {
+        // The file is there (checked above): a `#!` script, which cannot
+        // run from a close-on-exec descriptor (execveat(2)).
+        bail!(
+            "execve {} failed: it is not a binary (a script cannot take over)",
+            path.display()
+        );
+    }
     Err(error).with_context(|| format!("execve {} failed", path.display()))
+}
+
+/// Names the process after the file it runs again: exec'd from a
+/// descriptor, older kernels name it after the descriptor's number, and
+/// `ps`, `pgrep start_server` and monitoring would lose it.
+pub fn restore_name(exe: Option<&Path>) {
+    let name = exe
+        .and_then(Path::file_name)
+        .map(|n| n.as_bytes().iter().take(15).copied().collect::<Vec<u8>>())
+        .unwrap_or_else(|| b"start_server".to_vec());
+    if let Ok(name) = CString::new(name) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes, which `name` is, and keeps no pointer to it.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
+    }
 }
 
 /// In a new image: the state the old one handed over, if this start is an
@@ -338,14 +396,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_probe_is_answered_yes_only_for_our_version() {
+    fn the_probe_is_answered_yes_only_for_our_version_and_a_good_command_line() {
         let ours = state::VERSION.to_string();
-        assert_eq!(answer_probe(OsStr::new(&ours)), yes(state::VERSION));
+        assert_eq!(answer_probe(OsStr::new(&ours), Ok(())), yes(state::VERSION));
+        let refused = answer_probe(OsStr::new(&ours), Err("unknown option: x".to_string()));
+        assert_eq!(
+            refused,
+            "start_server does not accept the command line: unknown option: x\n"
+        );
         for other in ["0", "999", "", "x", "1 "] {
             if other == ours {
                 continue;
             }
-            let answer = answer_probe(OsStr::new(other));
+            let answer = answer_probe(OsStr::new(other), Ok(()));
             assert!(answer.starts_with("start_server does not read"), "{answer}");
             assert_ne!(answer, yes(state::VERSION));
         }
@@ -353,16 +416,28 @@ mod tests {
 
     #[test]
     fn a_path_with_a_slash_is_made_absolute() {
-        let found = resolve_self(Some(OsStr::new("./bin/start_server"))).expect("path");
+        let found = as_started(Some(OsStr::new("./bin/start_server"))).expect("path");
         assert!(found.is_absolute(), "{}", found.display());
         assert!(found.ends_with("bin/start_server"));
     }
 
     #[test]
-    fn a_bare_name_is_looked_up_or_falls_back_to_our_executable() {
-        let sh = resolve_self(Some(OsStr::new("sh"))).expect("sh in PATH");
+    fn a_bare_name_is_looked_up_in_path() {
+        let sh = as_started(Some(OsStr::new("sh"))).expect("sh in PATH");
         assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
-        let none = resolve_self(Some(OsStr::new("no-such-program-anywhere"))).expect("exe");
-        assert_eq!(Some(none), std::env::current_exe().ok());
+        assert_eq!(
+            as_started(Some(OsStr::new("no-such-program-anywhere"))),
+            None
+        );
+    }
+
+    #[test]
+    fn only_a_path_to_our_own_file_counts() {
+        let exe = std::env::current_exe().ok();
+        // `sh` is found, but it is not the file this test runs.
+        assert_eq!(resolve_self(Some(OsStr::new("sh"))), exe);
+        assert_eq!(resolve_self(Some(OsStr::new("no-such-program"))), exe);
+        let ours = exe.clone().expect("our executable");
+        assert_eq!(resolve_self(Some(ours.as_os_str())), exe);
     }
 }

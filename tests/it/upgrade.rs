@@ -249,9 +249,48 @@ fn a_binary_that_is_not_executable_cancels_the_upgrade() {
 #[test]
 fn another_program_at_the_path_cancels_the_upgrade() {
     let sb = Sandbox::new();
-    let (bin, srv, worker) = start_copy(&sb);
-    replace_with_script(&bin, "#!/bin/sh\necho hello\n");
+    let rx = std::os::unix::net::UnixDatagram::bind(sb.path("notify.sock")).expect("bind");
+    let bin = installed_copy(&sb);
+    let srv = sb
+        .server()
+        .binary(bin.clone())
+        .env("NOTIFY_SOCKET", sb.path("notify.sock"))
+        .spawn();
+    let worker = srv.wait_current(1);
+    // It records what it was given: the running start_server's command
+    // line, none of its sockets, no systemd variable.
+    let seen = sb.path("probe.seen");
+    replace_with_script(
+        &bin,
+        &format!(
+            "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\n\
+             {{ echo \"args: $*\"; ls -l /proc/$$/fd; env; }} > {}\necho hello\n",
+            seen.display()
+        ),
+    );
     assert_upgrade_refused(&sb, &srv, worker.pid, "it answered \"hello\"");
+    let seen = fs::read_to_string(&seen).expect("the probe ran");
+    assert!(
+        seen.contains(&format!("args: --port=127.0.0.1:{}", sb.port)),
+        "{seen}"
+    );
+    assert!(
+        !seen.contains("socket:"),
+        "the probe inherited a socket:\n{seen}"
+    );
+    assert!(!seen.contains("NOTIFY_SOCKET="), "{seen}");
+    drop(rx);
+}
+
+#[test]
+fn a_probe_that_writes_without_end_is_cut_off() {
+    let sb = Sandbox::new();
+    let (bin, srv, worker) = start_copy(&sb);
+    replace_with_script(
+        &bin,
+        "#!/bin/sh\n[ \"$1\" = --version ] && exit 0\nexec cat /dev/zero\n",
+    );
+    assert_upgrade_refused(&sb, &srv, worker.pid, "bytes without answering");
 }
 
 #[test]
