@@ -24,7 +24,8 @@ else
     until port_is_free "$port"; do port=$((port + 1)); done
 fi
 
-cargo build --release --workspace --bins --examples
+# Only what it runs: the axum example of the workspace would take minutes.
+cargo build --release -p start-server --bin start_server --example echo_server
 start_server=target/release/start_server
 worker=target/release/examples/echo_server
 
