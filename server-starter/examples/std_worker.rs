@@ -58,7 +58,11 @@ fn errno() -> *mut libc::c_int {
     // SAFETY: always valid for the calling thread.
     unsafe { libc::__errno() }
 }
-#[cfg(any(target_vendor = "apple", target_os = "freebsd", target_os = "dragonfly"))]
+#[cfg(any(
+    target_vendor = "apple",
+    target_os = "freebsd",
+    target_os = "dragonfly"
+))]
 fn errno() -> *mut libc::c_int {
     // SAFETY: always valid for the calling thread.
     unsafe { libc::__error() }
