@@ -2528,6 +2528,41 @@ mod tests {
     }
 
     #[test]
+    fn takes_the_kind_a_key_asks_for() {
+        // `--port=P --port=uP`, and a connection on a third number.
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let udp = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        let client = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let key = format!("127.0.0.1:{port}");
+        let (tcp_fd, udp_fd) = (tcp.into_raw_fd(), udp.into_raw_fd());
+        let value = encode_server_ports([
+            (key.as_str(), tcp_fd),
+            (key.as_str(), udp_fd),
+            ("127.0.0.1:1", client.as_raw_fd()),
+        ]);
+        let error = take_key(&value, OsStr::new("127.0.0.1:1")).unwrap_err();
+        assert!(matches!(error, Error::Connected { .. }), "{error:?}");
+        assert!(client.peer_addr().is_ok());
+
+        let udp = take_key(&value, OsStr::new(&format!("127.0.0.1:u{port}")))
+            .unwrap()
+            .into_udp()
+            .unwrap();
+        assert_eq!(udp.as_raw_fd(), udp_fd);
+        let tcp = take_key(&value, OsStr::new(&key))
+            .unwrap()
+            .into_tcp()
+            .unwrap();
+        assert_eq!(tcp.as_raw_fd(), tcp_fd);
+        let again = take_key(&value, OsStr::new(&key)).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            format!("{key}: the socket was already taken")
+        );
+    }
+
+    #[test]
     fn a_taken_key_is_bound_where_it_says() {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = tcp.local_addr().unwrap();
