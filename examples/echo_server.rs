@@ -85,8 +85,20 @@ fn run() -> Result<(), Box<dyn Error>> {
         signal_hook::low_level::pipe::register(signal, shutdown_writer.try_clone()?)?;
     }
 
+    // A socket of another kind (a unix datagram socket from systemd) has
+    // nothing to echo on: it is left alone, and never polled.
+    let listeners: Vec<_> = listeners
+        .into_iter()
+        .filter(|(key, listener)| {
+            let served = kind(listener) != "other";
+            if !served {
+                eprintln!("echo_server: not serving {key}: not a TCP, UDP or unix stream socket");
+            }
+            served
+        })
+        .collect();
     for (key, listener) in &listeners {
-        set_nonblocking(listener)?;
+        listener.set_nonblocking(true)?;
         eprintln!("echo_server: serving {key} ({})", kind(listener));
     }
     // Everything is in place: the next accept succeeds. A supervisor that
@@ -135,6 +147,8 @@ fn serve_until_shutdown(
                 Listener::Tcp(tcp) => accept_all(|| tcp.accept().map(|(s, _)| Stream::Tcp(s))),
                 Listener::Unix(unix) => accept_all(|| unix.accept().map(|(s, _)| Stream::Unix(s))),
                 Listener::Udp(udp) => echo_datagrams(udp, body).map(|()| Vec::new()),
+                // Filtered out before the loop.
+                _ => Ok(Vec::new()),
             };
             match result {
                 Ok(streams) => {
@@ -257,18 +271,11 @@ fn ends_head(request: &[u8]) -> bool {
     request.windows(4).any(|w| w == b"\r\n\r\n") || request.windows(2).any(|w| w == b"\n\n")
 }
 
-fn set_nonblocking(listener: &Listener) -> io::Result<()> {
-    match listener {
-        Listener::Tcp(socket) => socket.set_nonblocking(true),
-        Listener::Unix(socket) => socket.set_nonblocking(true),
-        Listener::Udp(socket) => socket.set_nonblocking(true),
-    }
-}
-
 fn kind(listener: &Listener) -> &'static str {
     match listener {
         Listener::Tcp(_) => "tcp",
         Listener::Unix(_) => "unix",
         Listener::Udp(_) => "udp",
+        _ => "other",
     }
 }

@@ -361,6 +361,8 @@ fn run(inherited: Inherited) -> Result<(), Failure> {
             Listener::Tcp(listener) => serve_tcp(&key, &listener, &identity),
             Listener::Unix(listener) => serve_unix(&key, &listener, &identity),
             Listener::Udp(socket) => serve_udp(&key, &socket, &identity),
+            // Another kind of socket (from systemd): nothing to answer on.
+            _ => {}
         });
     }
     {

@@ -6,11 +6,17 @@
 //! descriptors and learns what they are from two environment variables:
 //!
 //! - `SERVER_STARTER_PORT`: `KEY=FD` entries joined by `;`, ports first in
-//!   command-line order, then unix socket paths. `KEY` is the `--port` or
-//!   `--path` value as the operator wrote it (`80`, `127.0.0.1:80`,
-//!   `[::1]:8080`, `/tmp/app.sock`), `FD` the inherited descriptor number:
+//!   command-line order, then unix socket paths. `KEY` is the `--path`
+//!   value as given (`/tmp/app.sock`), or the `--port` value without what
+//!   only `start_server` needs: no `u` before a UDP port (`u53` is keyed
+//!   `53`), no `=N` descriptor pin (`80=5` is keyed `80`), no brackets
+//!   around an IPv4 address (`80`, `127.0.0.1:80`, `[::1]:8080`). A socket
+//!   passed on from systemd socket activation is keyed by its address. `FD`
+//!   is the inherited descriptor number:
 //!   `80=3;[::1]:8080=4;/tmp/app.sock=5`. The variable is set but empty when
-//!   `start_server` was given no `--port` or `--path` at all.
+//!   `start_server` was given no `--port` or `--path` at all. Two entries
+//!   may share a key (`--port=53 --port=u53`); [`listener`] tells them
+//!   apart by the kind its key asks for.
 //! - `SERVER_STARTER_GENERATION`: which worker start this is, counting from 1.
 //!
 //! This crate gives a Rust worker what Perl's `Server::Starter::server_ports()`
@@ -44,6 +50,8 @@
 //!             Listener::Tcp(tcp) => println!("{key}: tcp {:?}", tcp.local_addr()),
 //!             Listener::Unix(unix) => println!("{key}: unix {:?}", unix.local_addr()),
 //!             Listener::Udp(udp) => println!("{key}: udp {:?}", udp.local_addr()),
+//!             // A unix datagram socket from systemd, and the like.
+//!             other => println!("{key}: another socket: {other:?}"),
 //!         }
 //!     }
 //!     Ok(())
@@ -82,15 +90,29 @@
 //! run outside `start_server`, the same line binds the address itself:
 //!
 //! ```no_run
-//! use std::io::Write;
+//! use std::io::{BufRead, BufReader, Write};
 //!
 //! // `start_server --port=127.0.0.1:8080 -- worker`, or just `worker`.
 //! let listener = server_starter::listener_or_bind("127.0.0.1:8080")?.into_tcp()?;
 //! for stream in listener.incoming() {
-//!     stream?.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n")?;
+//!     let mut stream = stream?;
+//!     // Read the request head before answering: closing a socket with
+//!     // unread data resets the connection, and the client may lose the
+//!     // answer.
+//!     let mut reader = BufReader::new(&stream);
+//!     let mut line = String::new();
+//!     while reader.read_line(&mut line)? > 2 {
+//!         line.clear();
+//!     }
+//!     stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello\n")?;
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! This one ends on the first failed connection, and SIGTERM (how
+//! `start_server` retires a generation) kills it with whatever it was
+//! answering: `examples/std_worker.rs` stops accepting on SIGTERM, finishes,
+//! and survives a failed `accept`.
 //!
 //! # Async runtimes
 //!
@@ -145,9 +167,9 @@
 use std::ffi::{OsStr, OsString, c_int};
 use std::fmt;
 use std::io;
-use std::mem;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, RawFd};
+use std::mem::{self, ManuallyDrop};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -191,6 +213,9 @@ struct Taken {
 }
 
 /// Why the inherited sockets could not be read or taken.
+///
+/// Every message names the key (or the descriptor) it is about and, for a
+/// failed system call, its cause: printing the error alone says it all.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Error {
@@ -198,11 +223,32 @@ pub enum Error {
     /// `start_server`.
     NotStarted,
     /// An entry of `SERVER_STARTER_PORT` is not `KEY=FD` with a non-empty key
-    /// and a descriptor number made of digits, or names a descriptor that
-    /// another entry already named.
+    /// and a descriptor number made of digits.
     Malformed {
         /// The offending entry, as it appears in the variable.
         entry: String,
+    },
+    /// `SERVER_STARTER_PORT` is not valid UTF-8 (a `--path` whose file name
+    /// is not): the `String` API cannot carry its keys, [`server_ports_os`]
+    /// and [`listeners_os`] can.
+    NotUtf8 {
+        /// The value, with the bytes that are not UTF-8 shown as U+FFFD.
+        value: String,
+    },
+    /// Two entries of `SERVER_STARTER_PORT` name the same descriptor.
+    DuplicateFd {
+        /// The key of the second entry.
+        key: String,
+        /// The descriptor both name.
+        fd: RawFd,
+    },
+    /// An entry names descriptor 1 or 2, standard output or standard error,
+    /// where `start_server` never places a socket.
+    ReservedFd {
+        /// The entry's key.
+        key: String,
+        /// The descriptor it names.
+        fd: RawFd,
     },
     /// The descriptor of an entry is not open, or is open but not a socket.
     NotASocket {
@@ -211,27 +257,47 @@ pub enum Error {
         /// The descriptor it names.
         fd: RawFd,
     },
-    /// The descriptor is a socket, but not one of TCP over IPv4/IPv6, UDP over
-    /// IPv4/IPv6 or a unix stream socket.
-    UnsupportedSocket {
+    /// The descriptor is a connection, not a socket `start_server` hands
+    /// down: a stream socket that does not listen (`SO_ACCEPTCONN` unset),
+    /// or a datagram socket connected to a peer. Such a descriptor belongs
+    /// to somebody else (a process that inherited `SERVER_STARTER_PORT`
+    /// from a worker, and opened a connection that landed on the number),
+    /// and is left alone.
+    Connected {
         /// The entry's key.
         key: String,
         /// The descriptor it names.
         fd: RawFd,
-        /// Its address family (`AF_*`).
-        domain: c_int,
-        /// Its type (`SOCK_*`).
-        kind: c_int,
+    },
+    /// [`listener`] found the entry, but its socket is bound to another
+    /// address than the key says: the descriptor is not the socket
+    /// `start_server` bound for it, and is left alone.
+    AddressMismatch {
+        /// The entry's key.
+        key: String,
+        /// The descriptor it names.
+        fd: RawFd,
+        /// The address the socket is bound to.
+        bound: String,
     },
     /// The socket was already taken in this process: by a successful
     /// [`listeners`] (which takes them all), or, for [`listener`], by an
     /// earlier [`listener`] of the same socket; [`listeners`] also refuses
     /// once [`listener`] took one. The descriptors belong to the values
     /// returned then.
-    AlreadyTaken,
-    /// A system call on an inherited descriptor failed for another reason; the
-    /// cause is the [`source`](std::error::Error::source).
-    Io(io::Error),
+    AlreadyTaken {
+        /// The key asked for, or `None` for [`listeners`] (all of them).
+        key: Option<String>,
+    },
+    /// A system call on a socket failed for another reason.
+    Io {
+        /// The entry's key, when the socket was being taken.
+        key: Option<String>,
+        /// The descriptor.
+        fd: RawFd,
+        /// Why it failed.
+        source: io::Error,
+    },
     /// The notify socket address (`NOTIFY_SOCKET`, or the one given to
     /// [`notify_to`]) is not one a datagram can be sent to: it is neither an
     /// absolute path nor `@name`, or it is too long for a unix socket address
@@ -246,8 +312,7 @@ pub enum Error {
     /// Sending the notification datagram failed: nothing is bound at the
     /// address (`ENOENT`, `ECONNREFUSED`), no permission (`EACCES`), the
     /// state is larger than a datagram may be (`EMSGSIZE`), the receiver's
-    /// queue stayed full for the whole send timeout (`EAGAIN`), and so on;
-    /// the cause is the [`source`](std::error::Error::source).
+    /// queue stayed full for the whole send timeout (`EAGAIN`), and so on.
     NotifyFailed {
         /// The address the datagram was sent to, as given.
         socket: OsString,
@@ -265,16 +330,29 @@ pub enum Error {
         /// The keys the variable has, in its order.
         available: Vec<String>,
     },
+    /// More than one entry of `SERVER_STARTER_PORT` fits the key given to
+    /// [`listener`], even after preferring the kind the key asks for
+    /// (`u53` a UDP socket, `53` a TCP one): name the socket more
+    /// precisely (`HOST:PORT`, `=FD`).
+    Ambiguous {
+        /// The key asked for.
+        key: String,
+        /// The entries that fit, as `KEY=FD`.
+        entries: Vec<String>,
+    },
     /// The socket is not of the kind asked for by [`Listener::into_tcp`],
     /// [`Listener::into_unix`] or [`Listener::into_udp`].
     WrongKind {
         /// The kind asked for: `"tcp"`, `"unix"` or `"udp"`.
         expected: &'static str,
-        /// The kind the socket is.
+        /// The kind the socket is: one of those, or `"other"`.
         found: &'static str,
+        /// The socket's descriptor (closed by then).
+        fd: RawFd,
     },
     /// [`listener_or_bind`], run outside `start_server`, could not bind the
-    /// key's address; the cause is the [`source`](std::error::Error::source).
+    /// key's address: the system refused (`EADDRINUSE`, `EACCES`, ...), or
+    /// the key is neither an address nor a path (`InvalidInput`).
     Bind {
         /// The address (the key), as given.
         address: String,
@@ -293,31 +371,55 @@ impl fmt::Display for Error {
             Error::Malformed { entry } => {
                 write!(f, "malformed {PORT_VAR} entry {entry:?}: expected KEY=FD")
             }
+            Error::NotUtf8 { value } => write!(
+                f,
+                "{PORT_VAR} is not UTF-8 ({value:?}): use listeners_os or server_ports_os"
+            ),
+            Error::DuplicateFd { key, fd } => write!(
+                f,
+                "{key}: file descriptor {fd} is named twice in {PORT_VAR}"
+            ),
+            Error::ReservedFd { key, fd } => write!(
+                f,
+                "{key}: file descriptor {fd} is standard {}, never a socket from start_server",
+                if *fd == 1 { "output" } else { "error" }
+            ),
             Error::NotASocket { key, fd } => {
                 write!(f, "{key}: file descriptor {fd} is not an open socket")
             }
-            Error::UnsupportedSocket {
-                key,
-                fd,
-                domain,
-                kind,
-            } => write!(
+            Error::Connected { key, fd } => write!(
                 f,
-                "{key}: file descriptor {fd} is an unsupported socket ({}, {})",
-                domain_name(*domain),
-                kind_name(*kind)
+                "{key}: file descriptor {fd} is a connection, not a listening socket"
             ),
-            Error::AlreadyTaken => write!(f, "the inherited sockets were already taken"),
-            Error::Io(_) => write!(f, "system call on an inherited socket failed"),
+            Error::AddressMismatch { key, fd, bound } => write!(
+                f,
+                "{key}: file descriptor {fd} is bound to {bound}, not to {key}"
+            ),
+            Error::AlreadyTaken { key: None } => {
+                write!(f, "the inherited sockets were already taken")
+            }
+            Error::AlreadyTaken { key: Some(key) } => {
+                write!(f, "{key}: the socket was already taken")
+            }
+            Error::Io {
+                key: Some(key),
+                fd,
+                source,
+            } => write!(f, "{key}: file descriptor {fd}: {source}"),
+            Error::Io {
+                key: None,
+                fd,
+                source,
+            } => write!(f, "file descriptor {fd}: {source}"),
             Error::InvalidNotifySocket { socket } => write!(
                 f,
                 "invalid notify socket {:?}: {}",
                 socket.to_string_lossy(),
                 address_problem(socket.as_bytes()).unwrap_or_else(|| "unusable address".into())
             ),
-            Error::NotifyFailed { socket, .. } => write!(
+            Error::NotifyFailed { socket, source } => write!(
                 f,
-                "cannot send a notification to {:?}",
+                "cannot send a notification to {:?}: {source}",
                 socket.to_string_lossy()
             ),
             Error::NoSuchKey { key, available } if available.is_empty() => {
@@ -326,39 +428,47 @@ impl fmt::Display for Error {
             Error::NoSuchKey { key, available } => write!(
                 f,
                 "no socket {key:?} in {PORT_VAR}: it has {}",
-                available
-                    .iter()
-                    .map(|key| format!("{key:?}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                quoted(available)
             ),
-            Error::WrongKind { expected, found } => {
-                write!(f, "expected a {expected} socket, got a {found} socket")
-            }
-            Error::Bind { address, .. } => write!(f, "failed to bind {address:?}"),
+            Error::Ambiguous { key, entries } => write!(
+                f,
+                "{key:?} fits more than one socket in {PORT_VAR}: {}",
+                quoted(entries)
+            ),
+            Error::WrongKind {
+                expected,
+                found,
+                fd,
+            } => write!(
+                f,
+                "file descriptor {fd}: expected a {expected} socket, got a {found} socket"
+            ),
+            Error::Bind { address, source } => write!(f, "failed to bind {address:?}: {source}"),
         }
     }
 }
 
-impl std::error::Error for Error {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Error::Io(err)
-            | Error::NotifyFailed { source: err, .. }
-            | Error::Bind { source: err, .. } => Some(err),
-            _ => None,
-        }
-    }
-}
+/// The message carries the cause of a failed system call, so `source` is
+/// `None`: a chain printer shows it once.
+impl std::error::Error for Error {}
 
-impl From<io::Error> for Error {
-    fn from(err: io::Error) -> Self {
-        Error::Io(err)
-    }
+/// `"a", "b", "c"`.
+fn quoted(items: &[String]) -> String {
+    items
+        .iter()
+        .map(|item| format!("{item:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// An inherited socket, ready to use.
+///
+/// Sockets `start_server` binds are TCP, UDP or unix stream sockets; a
+/// socket passed on from systemd socket activation may be any other kind
+/// (a unix datagram or seqpacket socket, ...): [`Listener::Other`]. More
+/// variants may come, so a `match` needs a `_` arm.
 #[derive(Debug)]
+#[non_exhaustive]
 pub enum Listener {
     /// A listening TCP socket (IPv4 or IPv6).
     Tcp(TcpListener),
@@ -366,6 +476,10 @@ pub enum Listener {
     Unix(UnixListener),
     /// A bound UDP socket (`--port=u53` and the like).
     Udp(UdpSocket),
+    /// Any other socket: a unix datagram or seqpacket socket, another
+    /// address family. A connection-oriented one listens (its
+    /// `SO_ACCEPTCONN` is set); a datagram one has no peer.
+    Other(OwnedFd),
 }
 
 impl AsFd for Listener {
@@ -374,6 +488,7 @@ impl AsFd for Listener {
             Listener::Tcp(socket) => socket.as_fd(),
             Listener::Unix(socket) => socket.as_fd(),
             Listener::Udp(socket) => socket.as_fd(),
+            Listener::Other(socket) => socket.as_fd(),
         }
     }
 }
@@ -394,6 +509,9 @@ impl Listener {
             Listener::Tcp(socket) => socket.set_nonblocking(nonblocking),
             Listener::Unix(socket) => socket.set_nonblocking(nonblocking),
             Listener::Udp(socket) => socket.set_nonblocking(nonblocking),
+            Listener::Other(socket) => {
+                set_status_flag(socket.as_raw_fd(), libc::O_NONBLOCK, nonblocking)
+            }
         }
     }
 
@@ -419,15 +537,21 @@ impl Listener {
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     pub fn into_nonblocking(self) -> Result<Listener, Error> {
-        self.set_nonblocking(true)?;
-        Ok(self)
+        match self.set_nonblocking(true) {
+            Ok(()) => Ok(self),
+            Err(source) => Err(Error::Io {
+                key: None,
+                fd: self.as_raw_fd(),
+                source,
+            }),
+        }
     }
 
     /// The TCP listener inside.
     ///
     /// # Errors
     ///
-    /// [`Error::WrongKind`] when the socket is a unix or UDP one (it is then
+    /// [`Error::WrongKind`] when the socket is of another kind (it is then
     /// closed: match on the enum instead to keep it).
     pub fn into_tcp(self) -> Result<TcpListener, Error> {
         match self {
@@ -440,7 +564,7 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::WrongKind`] when the socket is a TCP or UDP one (it is then
+    /// [`Error::WrongKind`] when the socket is of another kind (it is then
     /// closed).
     pub fn into_unix(self) -> Result<UnixListener, Error> {
         match self {
@@ -453,7 +577,7 @@ impl Listener {
     ///
     /// # Errors
     ///
-    /// [`Error::WrongKind`] when the socket is a TCP or unix one (it is then
+    /// [`Error::WrongKind`] when the socket is of another kind (it is then
     /// closed).
     pub fn into_udp(self) -> Result<UdpSocket, Error> {
         match self {
@@ -467,8 +591,13 @@ impl Listener {
             Listener::Tcp(_) => "tcp",
             Listener::Unix(_) => "unix",
             Listener::Udp(_) => "udp",
+            Listener::Other(_) => "other",
         };
-        Error::WrongKind { expected, found }
+        Error::WrongKind {
+            expected,
+            found,
+            fd: self.as_raw_fd(),
+        }
     }
 }
 
@@ -480,9 +609,9 @@ impl Listener {
 /// # Errors
 ///
 /// [`Error::NotStarted`] when the variable is unset, [`Error::Malformed`] when
-/// an entry cannot be parsed (a value that is not valid UTF-8 is reported as
-/// one malformed entry: [`server_ports_os`] accepts it). A set but empty
-/// variable is not an error: it gives an empty list.
+/// an entry cannot be parsed, [`Error::NotUtf8`] for a value that is not
+/// valid UTF-8 ([`server_ports_os`] accepts it). A set but empty variable is
+/// not an error: it gives an empty list.
 ///
 /// # Examples
 ///
@@ -496,8 +625,8 @@ pub fn server_ports() -> Result<Vec<(String, RawFd)>, Error> {
     let value = std::env::var_os(PORT_VAR).ok_or(Error::NotStarted)?;
     match value.to_str() {
         Some(value) => server_ports_from(value),
-        None => Err(Error::Malformed {
-            entry: value.to_string_lossy().into_owned(),
+        None => Err(Error::NotUtf8 {
+            value: value.to_string_lossy().into_owned(),
         }),
     }
 }
@@ -693,7 +822,17 @@ pub fn generation() -> Option<u64> {
 /// Each descriptor is asked what it is (`SO_TYPE`, and the address family
 /// from `getsockname`): an IPv4 or IPv6 stream socket becomes a
 /// [`Listener::Tcp`], a unix stream socket a [`Listener::Unix`], an IPv4 or
-/// IPv6 datagram socket a [`Listener::Udp`].
+/// IPv6 datagram socket a [`Listener::Udp`], any other socket (one passed
+/// on from systemd socket activation) a [`Listener::Other`].
+///
+/// The variable is inherited by every process the worker starts, and a
+/// descriptor number it names may there be something else: a database
+/// connection that happened to land on fd 3. So a stream or seqpacket socket
+/// must listen (`SO_ACCEPTCONN`), a datagram socket must have no peer, and
+/// descriptors 1 and 2 (where `start_server` never puts a socket) are
+/// refused, all before anything is taken. A worker's own child processes
+/// should not see the variable at all:
+/// `Command::new("helper").env_remove("SERVER_STARTER_PORT")`.
 ///
 /// # Ownership
 ///
@@ -716,11 +855,13 @@ pub fn generation() -> Option<u64> {
 ///
 /// # Errors
 ///
-/// [`Error::NotStarted`] and [`Error::Malformed`] as for [`server_ports`];
-/// [`Error::Malformed`] too when two entries name the same descriptor;
+/// [`Error::NotStarted`], [`Error::Malformed`] and [`Error::NotUtf8`] as for
+/// [`server_ports`]; [`Error::DuplicateFd`] when two entries name the same
+/// descriptor; [`Error::ReservedFd`] for descriptor 1 or 2;
 /// [`Error::NotASocket`] for a descriptor that is not open or not a socket;
-/// [`Error::UnsupportedSocket`] for any other kind of socket;
-/// [`Error::AlreadyTaken`] on a second call, or once [`listener`] took one.
+/// [`Error::Connected`] for a connection; [`Error::Io`] when a system call
+/// on a descriptor fails otherwise; [`Error::AlreadyTaken`] on a second
+/// call, or once [`listener`] took one.
 pub fn listeners() -> Result<Vec<(String, Listener)>, Error> {
     take_once(server_ports()?)
 }
@@ -758,16 +899,25 @@ pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
 
 /// Takes the socket named `key` in `SERVER_STARTER_PORT`, as a std socket.
 ///
-/// `key` is matched against each entry's key as `start_server` wrote it
-/// (the `--port` or `--path` value: `"8080"`, `"127.0.0.1:8080"`,
-/// `"[::1]:8080"`, `"/tmp/app.sock"`). When no key is the same, a TCP
-/// address matches an entry for the same address written another way: a
-/// bare port is `0.0.0.0:PORT` (what `start_server` binds for it), and
-/// `localhost` is `127.0.0.1`, so `"0.0.0.0:8080"` finds `--port=8080` and
-/// `"8080"` finds `--port=0.0.0.0:8080`. Paths match only as written.
+/// `key` is the `--port` or `--path` value given to `start_server`:
+/// `"8080"`, `"127.0.0.1:8080"`, `"[::1]:8080"`, `"u53"`, `"8080=5"`,
+/// `"/tmp/app.sock"`. A key holding a `/` is a path and matches only as
+/// written. Any other key is read as `start_server` reads a `--port` and
+/// writes its key: a `u` before the port asks for the UDP socket and is not
+/// part of the key, nor is an `=N` suffix, which asks for the entry on
+/// descriptor N. It matches the entries with the same key or, when none
+/// has it, those for the same IP address written another way: a bare port
+/// is `0.0.0.0:PORT` (what `start_server` binds for it), and `localhost` is
+/// `127.0.0.1`, so `"0.0.0.0:8080"` finds `--port=8080` and `"8080"` finds
+/// `--port=0.0.0.0:8080`. When a TCP and a UDP socket share the key
+/// (`--port=53 --port=u53` are both keyed `53`), `"53"` takes the TCP one
+/// and `"u53"` the UDP one.
 ///
-/// The socket is checked and flagged as by [`listeners`]. Each socket can be
-/// taken once per process, by this or by [`listeners`].
+/// The socket is checked and flagged as by [`listeners`], and must be bound
+/// where the key says: the port of a port key, the address of an IP
+/// literal, the wildcard address of a bare port, the path of a path (host
+/// names are not resolved for this). Each socket can be taken once per
+/// process, by this or by [`listeners`].
 ///
 /// # Errors
 ///
@@ -775,9 +925,11 @@ pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
 /// [`listener_or_bind`] for a worker that should then bind the address
 /// itself), [`Error::Malformed`] when it cannot be parsed,
 /// [`Error::NoSuchKey`] when it has no entry for `key`,
+/// [`Error::Ambiguous`] when more than one entry fits,
+/// [`Error::AddressMismatch`] when the socket is bound elsewhere,
 /// [`Error::AlreadyTaken`] when the socket was taken before,
-/// [`Error::NotASocket`] and [`Error::UnsupportedSocket`] as for
-/// [`listeners`].
+/// [`Error::DuplicateFd`], [`Error::ReservedFd`], [`Error::NotASocket`],
+/// [`Error::Connected`] and [`Error::Io`] as for [`listeners`].
 ///
 /// # Examples
 ///
@@ -804,8 +956,8 @@ pub fn listeners_os() -> Result<Vec<(OsString, Listener)>, Error> {
 ///
 /// // Taken once: `tcp` owns the descriptor now.
 /// use server_starter::Error::AlreadyTaken;
-/// assert!(matches!(server_starter::listener(addr.to_string()), Err(AlreadyTaken)));
-/// assert!(matches!(server_starter::listeners(), Err(AlreadyTaken)));
+/// assert!(matches!(server_starter::listener(addr.to_string()), Err(AlreadyTaken { .. })));
+/// assert!(matches!(server_starter::listeners(), Err(AlreadyTaken { .. })));
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub fn listener(key: impl AsRef<OsStr>) -> Result<Listener, Error> {
@@ -819,10 +971,14 @@ pub fn listener(key: impl AsRef<OsStr>) -> Result<Listener, Error> {
 /// worker listens on the address it would be given in production.
 ///
 /// Outside `start_server`, `key` is read as `start_server` reads a `--port`
-/// or `--path`: a bare port (`"8080"`) binds TCP `0.0.0.0:8080`,
-/// `"HOST:PORT"` and `"[V6]:PORT"` bind TCP there (a host name is
-/// resolved), anything else is the path of a unix socket, whose stale file
-/// (a socket nobody accepts on any more) is removed first. Std binds TCP with
+/// or `--path`: a key holding a `/` is the path of a unix socket, whose
+/// stale file (a socket nobody accepts on any more) is removed first; a
+/// bare port (`"8080"`) binds TCP `0.0.0.0:8080`, `"HOST:PORT"` and
+/// `"[V6]:PORT"` bind TCP there (a host name is resolved), a `u` before the
+/// port binds UDP instead, and an `=N` suffix is ignored. Anything else
+/// (`":8080"`, `"127.0.0.1:80800"`, `"app.sock"`) is an [`Error::Bind`]
+/// with an `InvalidInput` cause, and creates nothing: write `"./app.sock"`
+/// for a socket in the working directory. Std binds TCP with
 /// `SO_REUSEADDR` and a backlog of 128.
 ///
 /// Under `start_server`, a missing key is an error, [`Error::NoSuchKey`],
@@ -891,10 +1047,12 @@ fn taken() -> MutexGuard<'static, Taken> {
 fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener)>, Error> {
     let mut taken = taken();
     if taken.all || !taken.fds.is_empty() {
-        return Err(Error::AlreadyTaken);
+        return Err(Error::AlreadyTaken { key: None });
     }
     // SAFETY: the descriptors in SERVER_STARTER_PORT were handed to this
-    // process for its own use, and `TAKEN` makes sure they are taken once.
+    // process for its own use, `take_listeners` checks that each is a socket
+    // that listens (not a connection that merely landed on the number), and
+    // `TAKEN` makes sure they are taken once.
     let listeners = unsafe { take_listeners(ports) }?;
     taken.all = true;
     Ok(listeners)
@@ -904,53 +1062,158 @@ fn take_once<K: AsRef<OsStr>>(ports: Vec<(K, RawFd)>) -> Result<Vec<(K, Listener
 /// unless it was already taken.
 fn take_key(value: &OsStr, key: &OsStr) -> Result<Listener, Error> {
     let ports = server_ports_from_os(value)?;
-    let (found, fd) = find_port(&ports, key)?;
+    let (found, fd) = find_port(&ports, key, is_udp)?;
+    let found_lossy = found.to_string_lossy().into_owned();
     if ports.iter().filter(|(_, other)| *other == fd).count() > 1 {
-        return Err(Error::Malformed {
-            entry: format!("{}={fd}", found.to_string_lossy()),
+        return Err(Error::DuplicateFd {
+            key: found_lossy,
+            fd,
         });
     }
     let mut taken = taken();
     if taken.all || taken.fds.contains(&fd) {
-        return Err(Error::AlreadyTaken);
+        return Err(Error::AlreadyTaken {
+            key: Some(key.to_string_lossy().into_owned()),
+        });
     }
-    // SAFETY: as in `take_once`; `TAKEN` records the descriptor so that it
-    // is taken once.
-    let (_, listener) = unsafe { take_listeners(vec![(found, fd)]) }?
+    let kind = classify(&found_lossy, fd)?;
+    check_address(found, fd, kind)?;
+    // SAFETY: as in `take_once`, and the socket is bound where the key
+    // says; `TAKEN` records the descriptor so that it is taken once.
+    let listener = unsafe { take_listeners(vec![(found, fd)]) }?
         .pop()
-        .ok_or(Error::AlreadyTaken)?;
+        .map(|(_, listener)| listener)
+        .ok_or(Error::AlreadyTaken { key: None })?;
     taken.fds.push(fd);
     Ok(listener)
 }
 
-/// The entry `key` names: the same key, or else the same TCP address (see
-/// [`listener`]).
-fn find_port<'a>(ports: &'a [(OsString, RawFd)], key: &OsStr) -> Result<(&'a OsStr, RawFd), Error> {
-    let address = tcp_address(key.as_bytes());
-    ports
+/// A key as [`listener`] looks it up: the `--port` or `--path` value with
+/// what `start_server` leaves out of its keys taken out.
+#[derive(Debug, PartialEq)]
+struct Lookup {
+    /// The key as `start_server` writes it.
+    key: OsString,
+    /// The descriptor of an `=N` suffix.
+    fd: Option<RawFd>,
+    /// A `u` before the port: a UDP socket.
+    udp: bool,
+}
+
+impl Lookup {
+    /// Reads `key` as `start_server` reads a `--port` (`u53`, `host:u53`,
+    /// `[::]:u53`, `80=5`, `[127.0.0.1]:80`) or a `--path` (anything with a
+    /// `/`, taken as it is).
+    fn parse(key: &OsStr) -> Lookup {
+        let bytes = key.as_bytes();
+        let mut lookup = Lookup {
+            key: key.to_owned(),
+            fd: None,
+            udp: false,
+        };
+        if bytes.contains(&b'/') {
+            return lookup;
+        }
+        let mut bytes = bytes.to_vec();
+        if let Some(split) = bytes.iter().rposition(|&b| b == b'=') {
+            let fd = std::str::from_utf8(&bytes[split + 1..]).ok();
+            if let Some(fd) = fd.filter(|fd| is_digits(fd)).and_then(|fd| fd.parse().ok()) {
+                lookup.fd = Some(fd);
+                bytes.truncate(split);
+            }
+        }
+        let port = bytes
+            .iter()
+            .rposition(|&b| b == b':')
+            .map_or(0, |colon| colon + 1);
+        if bytes.get(port) == Some(&b'u')
+            && bytes.len() > port + 1
+            && bytes[port + 1..].iter().all(u8::is_ascii_digit)
+        {
+            bytes.remove(port);
+            lookup.udp = true;
+        }
+        // `[127.0.0.1]:80` is written `127.0.0.1:80`.
+        if let Some(inner) = std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|text| text.strip_prefix('['))
+            .and_then(|text| text.split_once("]:"))
+            .filter(|(ip, _)| ip.parse::<Ipv4Addr>().is_ok())
+            .map(|(ip, port)| format!("{ip}:{port}"))
+        {
+            bytes = inner.into_bytes();
+        }
+        lookup.key = OsString::from_vec(bytes);
+        lookup
+    }
+}
+
+/// Whether `text` is a non-empty run of ASCII digits.
+fn is_digits(text: &str) -> bool {
+    !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// The entry `key` names (see [`listener`]): those with the same key, or
+/// else those for the same IP address; of these the one with the `=N`
+/// descriptor if `key` has one, the UDP ones if `key` has a `u`, and, when
+/// more than one is left, the ones that are not UDP. `is_udp` tells a UDP
+/// socket by its descriptor.
+fn find_port<'a>(
+    ports: &'a [(OsString, RawFd)],
+    key: &OsStr,
+    is_udp: impl Fn(RawFd) -> bool,
+) -> Result<(&'a OsStr, RawFd), Error> {
+    let lookup = Lookup::parse(key);
+    let pinned = |fd: RawFd| lookup.fd.is_none_or(|pin| pin == fd);
+    let mut fits: Vec<&(OsString, RawFd)> = ports
         .iter()
-        .find(|(candidate, _)| candidate == key)
-        .or_else(|| {
-            let address = address?;
-            ports
+        .filter(|(candidate, fd)| *candidate == lookup.key && pinned(*fd))
+        .collect();
+    if fits.is_empty() {
+        if let Some(address) = ip_address(lookup.key.as_bytes()) {
+            fits = ports
                 .iter()
-                .find(|(candidate, _)| tcp_address(candidate.as_bytes()) == Some(address))
-        })
-        .map(|(found, fd)| (found.as_os_str(), *fd))
-        .ok_or_else(|| Error::NoSuchKey {
+                .filter(|(candidate, fd)| {
+                    ip_address(candidate.as_bytes()) == Some(address) && pinned(*fd)
+                })
+                .collect();
+        }
+    }
+    if lookup.udp {
+        fits.retain(|(_, fd)| is_udp(*fd));
+    } else if fits.len() > 1 {
+        fits.retain(|(_, fd)| !is_udp(*fd));
+    }
+    match fits[..] {
+        [(found, fd)] => Ok((found.as_os_str(), *fd)),
+        [] => Err(Error::NoSuchKey {
             key: key.to_string_lossy().into_owned(),
             available: ports
                 .iter()
                 .map(|(key, _)| key.to_string_lossy().into_owned())
                 .collect(),
-        })
+        }),
+        _ => Err(Error::Ambiguous {
+            key: key.to_string_lossy().into_owned(),
+            entries: fits
+                .iter()
+                .map(|(key, fd)| format!("{}={fd}", key.to_string_lossy()))
+                .collect(),
+        }),
+    }
 }
 
-/// The TCP address a key stands for, when it is a port, an IP address and
+/// Whether `fd` is a UDP socket (an IPv4 or IPv6 datagram socket).
+fn is_udp(fd: RawFd) -> bool {
+    socket_type(fd).is_ok_and(|kind| kind == libc::SOCK_DGRAM)
+        && socket_domain(fd).is_ok_and(|domain| matches!(domain, libc::AF_INET | libc::AF_INET6))
+}
+
+/// The IP address a key stands for, when it is a port, an IP address and
 /// port, or `localhost:PORT`; `None` for a path or any other host name.
-fn tcp_address(key: &[u8]) -> Option<SocketAddr> {
+fn ip_address(key: &[u8]) -> Option<SocketAddr> {
     let key = std::str::from_utf8(key).ok()?;
-    if !key.is_empty() && key.bytes().all(|b| b.is_ascii_digit()) {
+    if is_digits(key) {
         return Some(SocketAddr::from(([0, 0, 0, 0], key.parse().ok()?)));
     }
     if let Ok(address) = key.parse() {
@@ -964,31 +1227,96 @@ fn tcp_address(key: &[u8]) -> Option<SocketAddr> {
     }
 }
 
+/// Checks that the socket on `fd` is bound where the entry's `key` says,
+/// as far as the key says it: the port (0: any) of a port key, the IP
+/// address of an IP literal, the wildcard of a bare port, the path of a
+/// path. Host names and abstract names are not checked.
+fn check_address(key: &OsStr, fd: RawFd, kind: Kind) -> Result<(), Error> {
+    let mismatch = |bound: String| Error::AddressMismatch {
+        key: key.to_string_lossy().into_owned(),
+        fd,
+        bound,
+    };
+    let failed = |source| Error::Io {
+        key: Some(key.to_string_lossy().into_owned()),
+        fd,
+        source,
+    };
+    match kind {
+        Kind::Tcp | Kind::Udp => {
+            let Some(expected) = ip_address(key.as_bytes()) else {
+                return Ok(());
+            };
+            // SAFETY: `fd` is an open socket (`classify` said so) that the
+            // `ManuallyDrop` never closes.
+            let socket = ManuallyDrop::new(unsafe { UdpSocket::from_raw_fd(fd) });
+            let bound = socket.local_addr().map_err(failed)?;
+            let text = key.to_string_lossy();
+            let ip_fits = if is_digits(&text) {
+                bound.ip().is_unspecified()
+            } else {
+                text.parse::<SocketAddr>().is_err() || bound.ip() == expected.ip()
+            };
+            let port_fits = expected.port() == 0 || bound.port() == expected.port();
+            if ip_fits && port_fits {
+                Ok(())
+            } else {
+                Err(mismatch(bound.to_string()))
+            }
+        }
+        Kind::Unix if key.as_bytes().contains(&b'/') => {
+            // SAFETY: as above.
+            let socket = ManuallyDrop::new(unsafe { UnixListener::from_raw_fd(fd) });
+            let bound = socket.local_addr().map_err(failed)?;
+            match bound.as_pathname() {
+                Some(path) if path.as_os_str() == key => Ok(()),
+                Some(path) => Err(mismatch(path.display().to_string())),
+                None => Err(mismatch("no path".to_string())),
+            }
+        }
+        Kind::Unix | Kind::Other => Ok(()),
+    }
+}
+
 /// Binds `key` as [`listener_or_bind`] reads it outside `start_server`.
 fn bind_key(key: &OsStr) -> Result<Listener, Error> {
     let failed = |source| Error::Bind {
         address: key.to_string_lossy().into_owned(),
         source,
     };
-    if let Some(address) = tcp_address(key.as_bytes()) {
-        return TcpListener::bind(address)
-            .map(Listener::Tcp)
-            .map_err(failed);
+    if key.as_bytes().contains(&b'/') {
+        let path = Path::new(key);
+        remove_stale_socket(path).map_err(failed)?;
+        return UnixListener::bind(path).map(Listener::Unix).map_err(failed);
     }
-    if let Some(host_port) = key.to_str().filter(|key| is_host_port(key)) {
-        return TcpListener::bind(host_port)
-            .map(Listener::Tcp)
-            .map_err(failed);
+    let lookup = Lookup::parse(key);
+    let bind = |address: &str| -> io::Result<Listener> {
+        if lookup.udp {
+            UdpSocket::bind(address).map(Listener::Udp)
+        } else {
+            TcpListener::bind(address).map(Listener::Tcp)
+        }
+    };
+    let text = lookup.key.to_str().unwrap_or_default();
+    if let Some(address) = ip_address(text.as_bytes()) {
+        return bind(&address.to_string()).map_err(failed);
     }
-    let path = Path::new(key);
-    remove_stale_socket(path).map_err(failed)?;
-    UnixListener::bind(path).map(Listener::Unix).map_err(failed)
+    if is_host_port(text) {
+        return bind(text).map_err(failed);
+    }
+    Err(failed(io::Error::new(
+        io::ErrorKind::InvalidInput,
+        "neither PORT, HOST:PORT, [IPV6]:PORT nor a path (a path holds a '/')",
+    )))
 }
 
-/// `HOST:PORT` with a host name: no `/` (that is a path), a numeric port.
+/// `HOST:PORT` with a host name: no white space, a numeric port.
 fn is_host_port(key: &str) -> bool {
     key.rsplit_once(':').is_some_and(|(host, port)| {
-        !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()
+        !host.is_empty()
+            && !host.bytes().any(|b| b.is_ascii_whitespace())
+            && is_digits(port)
+            && port.parse::<u16>().is_ok()
     })
 }
 
@@ -1249,6 +1577,7 @@ enum Kind {
     Tcp,
     Unix,
     Udp,
+    Other,
 }
 
 /// Checks every entry, then wraps every descriptor.
@@ -1264,14 +1593,19 @@ unsafe fn take_listeners<K: AsRef<OsStr>>(
     for (index, (key, fd)) in ports.iter().enumerate() {
         let key = key.as_ref().to_string_lossy();
         if ports[..index].iter().any(|(_, earlier)| earlier == fd) {
-            return Err(Error::Malformed {
-                entry: format!("{key}={fd}"),
+            return Err(Error::DuplicateFd {
+                key: key.into_owned(),
+                fd: *fd,
             });
         }
         checked.push(classify(&key, *fd)?);
     }
-    for (_, fd) in &ports {
-        set_cloexec(*fd)?;
+    for (key, fd) in &ports {
+        set_cloexec(*fd).map_err(|source| Error::Io {
+            key: Some(key.as_ref().to_string_lossy().into_owned()),
+            fd: *fd,
+            source,
+        })?;
     }
     let listeners = ports
         .into_iter()
@@ -1284,6 +1618,7 @@ unsafe fn take_listeners<K: AsRef<OsStr>>(
                     Kind::Tcp => Listener::Tcp(TcpListener::from_raw_fd(fd)),
                     Kind::Unix => Listener::Unix(UnixListener::from_raw_fd(fd)),
                     Kind::Udp => Listener::Udp(UdpSocket::from_raw_fd(fd)),
+                    Kind::Other => Listener::Other(OwnedFd::from_raw_fd(fd)),
                 }
             };
             (key, listener)
@@ -1292,49 +1627,95 @@ unsafe fn take_listeners<K: AsRef<OsStr>>(
     Ok(listeners)
 }
 
-/// Asks a descriptor what kind of socket it is, without changing it.
+/// Asks a descriptor what kind of socket it is, without changing it, and
+/// refuses what `start_server` never hands down: standard output and error,
+/// a connection.
 fn classify(key: &str, fd: RawFd) -> Result<Kind, Error> {
-    let not_a_socket = |err: io::Error| match err.raw_os_error() {
+    if fd == 1 || fd == 2 {
+        return Err(Error::ReservedFd {
+            key: key.to_string(),
+            fd,
+        });
+    }
+    let failed = |source: io::Error| match source.raw_os_error() {
         Some(libc::ENOTSOCK) | Some(libc::EBADF) => Error::NotASocket {
             key: key.to_string(),
             fd,
         },
-        _ => Error::Io(err),
+        _ => Error::Io {
+            key: Some(key.to_string()),
+            fd,
+            source,
+        },
     };
-    let kind = socket_type(fd).map_err(not_a_socket)?;
-    let domain = socket_domain(fd).map_err(not_a_socket)?;
-    match (domain, kind) {
-        (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM) => Ok(Kind::Tcp),
-        (libc::AF_UNIX, libc::SOCK_STREAM) => Ok(Kind::Unix),
-        (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM) => Ok(Kind::Udp),
-        _ => Err(Error::UnsupportedSocket {
+    let kind = socket_type(fd).map_err(failed)?;
+    let domain = socket_domain(fd).map_err(failed)?;
+    let inet = matches!(domain, libc::AF_INET | libc::AF_INET6);
+    let connected = match kind {
+        libc::SOCK_STREAM | libc::SOCK_SEQPACKET => !is_listening(fd).map_err(failed)?,
+        libc::SOCK_DGRAM if inet || domain == libc::AF_UNIX => has_peer(fd).map_err(failed)?,
+        _ => false,
+    };
+    if connected {
+        return Err(Error::Connected {
             key: key.to_string(),
             fd,
-            domain,
-            kind,
-        }),
+        });
+    }
+    Ok(match (inet, domain, kind) {
+        (true, _, libc::SOCK_STREAM) => Kind::Tcp,
+        (_, libc::AF_UNIX, libc::SOCK_STREAM) => Kind::Unix,
+        (true, _, libc::SOCK_DGRAM) => Kind::Udp,
+        _ => Kind::Other,
+    })
+}
+
+/// `getsockopt(SO_ACCEPTCONN)`: whether a connection-oriented socket
+/// listens.
+fn is_listening(fd: RawFd) -> io::Result<bool> {
+    socket_option(fd, libc::SO_ACCEPTCONN).map(|listening| listening != 0)
+}
+
+/// Whether a datagram socket is connected to a peer (`getpeername`).
+fn has_peer(fd: RawFd) -> io::Result<bool> {
+    // SAFETY: all-zero bytes are a valid `sockaddr_storage`.
+    let mut addr: libc::sockaddr_storage = unsafe { mem::zeroed() };
+    let mut len = mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: `addr` is valid for writes of `len` bytes.
+    if unsafe { libc::getpeername(fd, (&raw mut addr).cast(), &mut len) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    match err.raw_os_error() {
+        Some(libc::ENOTCONN) => Ok(false),
+        _ => Err(err),
     }
 }
 
 /// `getsockopt(SO_TYPE)`: `SOCK_STREAM`, `SOCK_DGRAM`, ...
 fn socket_type(fd: RawFd) -> io::Result<c_int> {
-    let mut kind: c_int = 0;
+    socket_option(fd, libc::SO_TYPE)
+}
+
+/// An integer `SOL_SOCKET` option.
+fn socket_option(fd: RawFd, option: c_int) -> io::Result<c_int> {
+    let mut value: c_int = 0;
     let mut len = mem::size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: `kind` and `len` are valid for writes and `len` is the size of
-    // `kind`.
+    // SAFETY: `value` and `len` are valid for writes and `len` is the size
+    // of `value`.
     let rc = unsafe {
         libc::getsockopt(
             fd,
             libc::SOL_SOCKET,
-            libc::SO_TYPE,
-            (&raw mut kind).cast(),
+            option,
+            (&raw mut value).cast(),
             &mut len,
         )
     };
     if rc == -1 {
         return Err(io::Error::last_os_error());
     }
-    Ok(kind)
+    Ok(value)
 }
 
 /// The address family from `getsockname` (portable, unlike `SO_DOMAIN`).
@@ -1348,6 +1729,22 @@ fn socket_domain(fd: RawFd) -> io::Result<c_int> {
         return Err(io::Error::last_os_error());
     }
     Ok(c_int::from(addr.ss_family))
+}
+
+/// Sets or clears a file status flag (`O_NONBLOCK`) of `fd`.
+fn set_status_flag(fd: RawFd, flag: c_int, on: bool) -> io::Result<()> {
+    // SAFETY: fcntl with F_GETFL/F_SETFL only reads and writes the file
+    // status flags of `fd`.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    let wanted = if on { flags | flag } else { flags & !flag };
+    // SAFETY: as above.
+    if wanted != flags && unsafe { libc::fcntl(fd, libc::F_SETFL, wanted) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sets `FD_CLOEXEC` (a descriptor flag, unlike the shared file status flags).
@@ -1367,28 +1764,10 @@ fn set_cloexec(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
-fn domain_name(domain: c_int) -> String {
-    match domain {
-        libc::AF_INET => "AF_INET".to_string(),
-        libc::AF_INET6 => "AF_INET6".to_string(),
-        libc::AF_UNIX => "AF_UNIX".to_string(),
-        other => format!("address family {other}"),
-    }
-}
-
-fn kind_name(kind: c_int) -> String {
-    match kind {
-        libc::SOCK_STREAM => "SOCK_STREAM".to_string(),
-        libc::SOCK_DGRAM => "SOCK_DGRAM".to_string(),
-        libc::SOCK_SEQPACKET => "SOCK_SEQPACKET".to_string(),
-        libc::SOCK_RAW => "SOCK_RAW".to_string(),
-        other => format!("socket type {other}"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
     use std::os::fd::IntoRawFd;
     use std::os::unix::net::UnixDatagram;
 
@@ -1502,14 +1881,39 @@ mod tests {
                 key: "80".to_string(),
                 fd: 3,
             },
-            Error::UnsupportedSocket {
+            Error::NotUtf8 {
+                value: "/tmp/caf\u{fffd}.sock=3".to_string(),
+            },
+            Error::DuplicateFd {
                 key: "80".to_string(),
                 fd: 3,
-                domain: libc::AF_UNIX,
-                kind: libc::SOCK_DGRAM,
             },
-            Error::AlreadyTaken,
-            Error::Io(io::Error::from_raw_os_error(libc::EBADF)),
+            Error::ReservedFd {
+                key: "80".to_string(),
+                fd: 2,
+            },
+            Error::Connected {
+                key: "80".to_string(),
+                fd: 3,
+            },
+            Error::AddressMismatch {
+                key: "80".to_string(),
+                fd: 3,
+                bound: "127.0.0.1:80".to_string(),
+            },
+            Error::AlreadyTaken { key: None },
+            Error::AlreadyTaken {
+                key: Some("80".to_string()),
+            },
+            Error::Io {
+                key: Some("80".to_string()),
+                fd: 3,
+                source: io::Error::from_raw_os_error(libc::EBADF),
+            },
+            Error::Ambiguous {
+                key: "80".to_string(),
+                entries: vec!["80=3".to_string(), "80=4".to_string()],
+            },
         ];
         for error in errors {
             let text = error.to_string();
@@ -1542,16 +1946,65 @@ mod tests {
     }
 
     #[test]
-    fn io_error_is_the_source() {
+    fn messages_name_the_socket_and_carry_the_cause_once() {
         use std::error::Error as _;
-        let error = Error::Io(io::Error::from_raw_os_error(libc::EBADF));
-        assert!(error.source().is_some());
-        assert!(Error::NotStarted.source().is_none());
-        let error = Error::NotifyFailed {
-            socket: "/x".into(),
-            source: io::Error::from_raw_os_error(libc::ENOENT),
-        };
-        assert!(error.source().is_some());
+        let cause = |errno| io::Error::from_raw_os_error(errno).to_string();
+        let cases = [
+            (
+                Error::Io {
+                    key: Some("80".to_string()),
+                    fd: 3,
+                    source: io::Error::from_raw_os_error(libc::EBADF),
+                },
+                format!("80: file descriptor 3: {}", cause(libc::EBADF)),
+            ),
+            (
+                Error::Io {
+                    key: None,
+                    fd: 3,
+                    source: io::Error::from_raw_os_error(libc::EBADF),
+                },
+                format!("file descriptor 3: {}", cause(libc::EBADF)),
+            ),
+            (
+                Error::NotifyFailed {
+                    socket: "/x".into(),
+                    source: io::Error::from_raw_os_error(libc::ENOENT),
+                },
+                format!(
+                    "cannot send a notification to \"/x\": {}",
+                    cause(libc::ENOENT)
+                ),
+            ),
+            (
+                Error::Bind {
+                    address: "127.0.0.1:80".into(),
+                    source: io::Error::from_raw_os_error(libc::EADDRINUSE),
+                },
+                format!(
+                    "failed to bind \"127.0.0.1:80\": {}",
+                    cause(libc::EADDRINUSE)
+                ),
+            ),
+            (
+                Error::DuplicateFd {
+                    key: "8080".into(),
+                    fd: 4,
+                },
+                "8080: file descriptor 4 is named twice in SERVER_STARTER_PORT".to_string(),
+            ),
+            (
+                Error::AlreadyTaken {
+                    key: Some("8080".into()),
+                },
+                "8080: the socket was already taken".to_string(),
+            ),
+        ];
+        for (error, message) in cases {
+            assert_eq!(error.to_string(), message);
+            // A chain printer shows the cause once, from the message.
+            assert!(error.source().is_none(), "{error:?}");
+        }
     }
 
     /// A datagram socket bound in a fresh temporary directory, as a
@@ -1745,21 +2198,45 @@ mod tests {
     #[test]
     fn rejects_what_is_not_a_listener_without_touching_anything() {
         let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
-        let (datagram, _peer) = UnixDatagram::pair().unwrap();
-        let list = vec![
-            ("tcp".to_string(), tcp.as_raw_fd()),
-            ("dgram".to_string(), datagram.as_raw_fd()),
-        ];
-        // SAFETY: take_listeners fails before wrapping anything, so the
-        // descriptors stay owned by `tcp` and `datagram`.
-        let error = unsafe { take_listeners(list) }.unwrap_err();
-        assert!(
-            matches!(error, Error::UnsupportedSocket { ref key, domain, kind, .. }
-                if key == "dgram" && domain == libc::AF_UNIX && kind == libc::SOCK_DGRAM),
-            "{error:?}"
-        );
+        // A connection, such as one a helper process that inherited the
+        // variable opened, landing on a number the variable names.
+        let client = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let (unix_client, _unix_peer) = UnixStream::pair().unwrap();
+        let (datagram, _datagram_peer) = UnixDatagram::pair().unwrap();
+        let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        udp.connect(tcp.local_addr().unwrap()).unwrap();
+        for (key, fd) in [
+            ("tcp-client", client.as_raw_fd()),
+            ("unix-client", unix_client.as_raw_fd()),
+            ("unix-dgram-peer", datagram.as_raw_fd()),
+            ("udp-peer", udp.as_raw_fd()),
+        ] {
+            let list = ports(&[("tcp", tcp.as_raw_fd()), (key, fd)]);
+            // SAFETY: take_listeners fails before wrapping anything, so the
+            // descriptors stay owned by their handles.
+            let error = unsafe { take_listeners(list) }.unwrap_err();
+            assert!(
+                matches!(&error, Error::Connected { key: k, fd: f } if k == key && *f == fd),
+                "{key}: {error:?}"
+            );
+            assert_eq!(
+                error.to_string(),
+                format!("{key}: file descriptor {fd} is a connection, not a listening socket")
+            );
+        }
         // Still open, still ours.
         assert!(tcp.local_addr().is_ok());
+        assert!(client.peer_addr().is_ok());
+
+        // Standard output and error are never sockets from start_server.
+        for fd in [1, 2] {
+            // SAFETY: as above.
+            let error = unsafe { take_listeners(ports(&[("80", fd)])) }.unwrap_err();
+            assert!(
+                matches!(error, Error::ReservedFd { fd: f, .. } if f == fd),
+                "{error:?}"
+            );
+        }
 
         let file = tempfile::tempfile().unwrap();
         // SAFETY: as above.
@@ -1770,7 +2247,52 @@ mod tests {
         let error =
             unsafe { take_listeners(ports(&[("a", tcp.as_raw_fd()), ("b", tcp.as_raw_fd())])) }
                 .unwrap_err();
-        assert!(matches!(error, Error::Malformed { .. }));
+        assert!(
+            matches!(&error, Error::DuplicateFd { key, fd } if key == "b" && *fd == tcp.as_raw_fd()),
+            "{error:?}"
+        );
+    }
+
+    #[test]
+    fn takes_any_other_listening_socket_as_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let datagram = UnixDatagram::bind(dir.path().join("dgram.sock")).unwrap();
+        let seqpacket = seqpacket_listener(&dir.path().join("seq.sock"));
+        let list = ports(&[
+            ("dgram", datagram.into_raw_fd()),
+            ("seq", seqpacket.into_raw_fd()),
+        ]);
+        // SAFETY: the test gave up its handles.
+        let taken = unsafe { take_listeners(list) }.unwrap();
+        for (key, listener) in taken {
+            assert!(matches!(listener, Listener::Other(_)), "{key}");
+            let fd = listener.as_raw_fd();
+            let listener = listener.into_nonblocking().unwrap();
+            // SAFETY: fcntl on a descriptor `listener` owns.
+            assert_ne!(
+                unsafe { libc::fcntl(fd, libc::F_GETFL) } & libc::O_NONBLOCK,
+                0
+            );
+            let error = listener.into_tcp().unwrap_err();
+            assert!(
+                matches!(error, Error::WrongKind { found: "other", .. }),
+                "{error:?}"
+            );
+        }
+    }
+
+    /// A listening unix seqpacket socket at `path` (std has none).
+    fn seqpacket_listener(path: &Path) -> OwnedFd {
+        // SAFETY: plain socket calls on a descriptor this function owns.
+        unsafe {
+            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET, 0);
+            assert!(fd >= 0);
+            let owned = OwnedFd::from_raw_fd(fd);
+            let (addr, len) = socket_address(path.as_os_str().as_bytes()).unwrap();
+            assert_eq!(libc::bind(fd, (&raw const addr).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 1), 0);
+            owned
+        }
     }
 
     #[test]
@@ -1794,10 +2316,10 @@ mod tests {
     #[test]
     fn keys_stand_for_tcp_addresses() {
         let addr = |s: &str| Some(s.parse::<SocketAddr>().unwrap());
-        assert_eq!(tcp_address(b"8080"), addr("0.0.0.0:8080"));
-        assert_eq!(tcp_address(b"0.0.0.0:8080"), addr("0.0.0.0:8080"));
-        assert_eq!(tcp_address(b"localhost:80"), addr("127.0.0.1:80"));
-        assert_eq!(tcp_address(b"[::1]:80"), addr("[::1]:80"));
+        assert_eq!(ip_address(b"8080"), addr("0.0.0.0:8080"));
+        assert_eq!(ip_address(b"0.0.0.0:8080"), addr("0.0.0.0:8080"));
+        assert_eq!(ip_address(b"localhost:80"), addr("127.0.0.1:80"));
+        assert_eq!(ip_address(b"[::1]:80"), addr("[::1]:80"));
         for other in [
             &b""[..],
             b"99999",
@@ -1806,7 +2328,7 @@ mod tests {
             b"localhost:http",
             b"app.sock",
         ] {
-            assert_eq!(tcp_address(other), None, "{other:?}");
+            assert_eq!(ip_address(other), None, "{other:?}");
         }
     }
 
@@ -1821,7 +2343,9 @@ mod tests {
         .iter()
         .map(|(k, fd)| (OsString::from(k), *fd))
         .collect();
-        let find = |key: &str| find_port(&ports, OsStr::new(key)).map(|(k, fd)| (k.to_owned(), fd));
+        let find = |key: &str| {
+            find_port(&ports, OsStr::new(key), |_| false).map(|(k, fd)| (k.to_owned(), fd))
+        };
         assert_eq!(find("8080").unwrap(), ("8080".into(), 3));
         assert_eq!(find("0.0.0.0:8080").unwrap(), ("8080".into(), 3));
         assert_eq!(
@@ -1850,7 +2374,7 @@ mod tests {
             find("/tmp/app.sock2"),
             Err(Error::NoSuchKey { .. })
         ));
-        let none = find_port(&[], OsStr::new("80")).unwrap_err();
+        let none = find_port(&[], OsStr::new("80"), |_| false).unwrap_err();
         assert_eq!(
             none.to_string(),
             "no socket \"80\" in SERVER_STARTER_PORT: it names none"
@@ -1878,7 +2402,13 @@ mod tests {
                 if address == &taken && source.kind() == io::ErrorKind::AddrInUse),
             "{error:?}"
         );
-        assert_eq!(error.to_string(), format!("failed to bind {taken:?}"));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "failed to bind {taken:?}: {}",
+                io::Error::from_raw_os_error(libc::EADDRINUSE)
+            )
+        );
 
         // A path: a stale socket file is replaced, a live one is not.
         let dir = tempfile::tempdir().unwrap();
@@ -1903,19 +2433,204 @@ mod tests {
     }
 
     #[test]
+    fn binds_only_an_address_or_a_path() {
+        let dir = tempfile::tempdir().unwrap();
+        for key in [
+            ":8080",
+            "127.0.0.1:80800",
+            "u8080x",
+            "8080 ",
+            "app.sock",
+            "x:y",
+        ] {
+            let error = bind_key(OsStr::new(key)).unwrap_err();
+            assert!(
+                matches!(&error, Error::Bind { address, source }
+                    if address == key && source.kind() == io::ErrorKind::InvalidInput),
+                "{key}: {error:?}"
+            );
+            assert!(error.to_string().contains(&format!("{key:?}")), "{error}");
+        }
+        // Nothing was created in the working directory for any of them.
+        assert!(!Path::new("app.sock").exists());
+        // A `u` asks for UDP, as in `--port=u53`; `=N` is for start_server.
+        let udp = bind_key(OsStr::new("127.0.0.1:u0"))
+            .unwrap()
+            .into_udp()
+            .unwrap();
+        assert!(udp.local_addr().unwrap().ip().is_loopback());
+        let tcp = bind_key(OsStr::new("127.0.0.1:0=5"))
+            .unwrap()
+            .into_tcp()
+            .unwrap();
+        assert!(tcp.local_addr().unwrap().ip().is_loopback());
+        // A path is anything with a `/`, `=` and `:` included.
+        let path = dir.path().join("a=1:2.sock");
+        let unix = bind_key(path.as_os_str()).unwrap().into_unix().unwrap();
+        assert_eq!(
+            unix.local_addr().unwrap().as_pathname(),
+            Some(path.as_path())
+        );
+    }
+
+    #[test]
+    fn lookups_read_keys_as_start_server_writes_them() {
+        let lookup = |key: &str| {
+            let lookup = Lookup::parse(OsStr::new(key));
+            (lookup.key.into_string().unwrap(), lookup.fd, lookup.udp)
+        };
+        let expect = |key: &str, fd, udp| (key.to_string(), fd, udp);
+        assert_eq!(lookup("8080"), expect("8080", None, false));
+        assert_eq!(lookup("u53"), expect("53", None, true));
+        assert_eq!(lookup("localhost:u53"), expect("localhost:53", None, true));
+        assert_eq!(lookup("[::]:u53"), expect("[::]:53", None, true));
+        assert_eq!(lookup("80=5"), expect("80", Some(5), false));
+        assert_eq!(lookup("u53=7"), expect("53", Some(7), true));
+        assert_eq!(
+            lookup("[127.0.0.1]:80"),
+            expect("127.0.0.1:80", None, false)
+        );
+        assert_eq!(lookup("[::1]:80"), expect("[::1]:80", None, false));
+        // A path is taken as it is.
+        assert_eq!(lookup("/tmp/u1=2"), expect("/tmp/u1=2", None, false));
+        assert_eq!(lookup("./u53"), expect("./u53", None, false));
+    }
+
+    #[test]
+    fn a_lookup_prefers_the_kind_asked_for_and_refuses_ambiguity() {
+        // `--port=8080 --port=u8080`: two entries keyed `8080`, fd 4 UDP.
+        let ports: Vec<(OsString, RawFd)> = [("8080", 3), ("8080", 4), ("/tmp/s", 5)]
+            .iter()
+            .map(|(k, fd)| (OsString::from(k), *fd))
+            .collect();
+        let udp = |fd| fd == 4;
+        let find = |key: &str| find_port(&ports, OsStr::new(key), udp).map(|(_, fd)| fd);
+        assert_eq!(find("8080").unwrap(), 3);
+        assert_eq!(find("0.0.0.0:8080").unwrap(), 3);
+        assert_eq!(find("u8080").unwrap(), 4);
+        assert_eq!(find("8080=4").unwrap(), 4);
+        assert_eq!(find("u8080=4").unwrap(), 4);
+        assert!(matches!(find("8080=5"), Err(Error::NoSuchKey { .. })));
+        assert!(matches!(find("u8080=3"), Err(Error::NoSuchKey { .. })));
+        assert!(matches!(find("u5"), Err(Error::NoSuchKey { .. })));
+
+        // Two TCP entries for one key (only a hand-made value has them).
+        let twice: Vec<(OsString, RawFd)> = vec![("80".into(), 3), ("0.0.0.0:80".into(), 4)];
+        assert_eq!(find_port(&twice, OsStr::new("80"), |_| false).unwrap().1, 3);
+        let error = find_port(&twice, OsStr::new("127.0.0.1:80"), |_| false);
+        assert!(matches!(error, Err(Error::NoSuchKey { .. })));
+        let same: Vec<(OsString, RawFd)> = vec![("80".into(), 3), ("80".into(), 4)];
+        let error = find_port(&same, OsStr::new("80"), |_| false).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "\"80\" fits more than one socket in SERVER_STARTER_PORT: \"80=3\", \"80=4\""
+        );
+    }
+
+    #[test]
+    fn takes_the_kind_a_key_asks_for() {
+        // `--port=P --port=uP`, and a connection on a third number.
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        let udp = UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        let client = TcpStream::connect(tcp.local_addr().unwrap()).unwrap();
+        let key = format!("127.0.0.1:{port}");
+        let (tcp_fd, udp_fd) = (tcp.into_raw_fd(), udp.into_raw_fd());
+        let value = encode_server_ports([
+            (key.as_str(), tcp_fd),
+            (key.as_str(), udp_fd),
+            ("127.0.0.1:1", client.as_raw_fd()),
+        ]);
+        let error = take_key(&value, OsStr::new("127.0.0.1:1")).unwrap_err();
+        assert!(matches!(error, Error::Connected { .. }), "{error:?}");
+        assert!(client.peer_addr().is_ok());
+
+        let udp = take_key(&value, OsStr::new(&format!("127.0.0.1:u{port}")))
+            .unwrap()
+            .into_udp()
+            .unwrap();
+        assert_eq!(udp.as_raw_fd(), udp_fd);
+        let tcp = take_key(&value, OsStr::new(&key))
+            .unwrap()
+            .into_tcp()
+            .unwrap();
+        assert_eq!(tcp.as_raw_fd(), tcp_fd);
+        let again = take_key(&value, OsStr::new(&key)).unwrap_err();
+        assert_eq!(
+            again.to_string(),
+            format!("{key}: the socket was already taken")
+        );
+    }
+
+    #[test]
+    fn a_taken_key_is_bound_where_it_says() {
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let fd = tcp.as_raw_fd();
+        let wrong = SocketAddr::from(([127, 0, 0, 2], addr.port()));
+        for (key, fits) in [
+            (addr.to_string(), true),
+            (format!("localhost:{}", addr.port()), true),
+            ("127.0.0.1:0".to_string(), true),
+            (wrong.to_string(), false),
+            (
+                format!("127.0.0.1:{}", addr.port().wrapping_add(1).max(1)),
+                false,
+            ),
+            // A bare port is the wildcard address.
+            (addr.port().to_string(), false),
+            ("/tmp/x.sock".to_string(), false),
+        ] {
+            let kind = if key.starts_with('/') {
+                Kind::Unix
+            } else {
+                Kind::Tcp
+            };
+            let checked = check_address(OsStr::new(&key), fd, kind);
+            if key.starts_with('/') {
+                // A TCP socket has no path: refused, not wrapped.
+                assert!(checked.is_err(), "{key}");
+                continue;
+            }
+            assert_eq!(checked.is_ok(), fits, "{key}: {checked:?}");
+            if let Err(error) = checked {
+                assert_eq!(
+                    error.to_string(),
+                    format!("{key}: file descriptor {fd} is bound to {addr}, not to {key}")
+                );
+            }
+        }
+        let any = TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = any.local_addr().unwrap().port().to_string();
+        assert!(check_address(OsStr::new(&port), any.as_raw_fd(), Kind::Tcp).is_ok());
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("app.sock");
+        let unix = UnixListener::bind(&path).unwrap();
+        assert!(check_address(path.as_os_str(), unix.as_raw_fd(), Kind::Unix).is_ok());
+        let other = dir.path().join("other.sock");
+        let error = check_address(other.as_os_str(), unix.as_raw_fd(), Kind::Unix).unwrap_err();
+        assert!(matches!(error, Error::AddressMismatch { .. }), "{error:?}");
+        // Still open: nothing was closed.
+        assert!(tcp.local_addr().is_ok() && unix.local_addr().is_ok());
+    }
+
+    #[test]
     fn converts_to_the_kind_asked_for() {
         let tcp = Listener::Tcp(TcpListener::bind("127.0.0.1:0").unwrap());
+        let fd = tcp.as_raw_fd();
         let error = tcp.into_unix().unwrap_err();
         assert!(matches!(
             error,
             Error::WrongKind {
                 expected: "unix",
-                found: "tcp"
+                found: "tcp",
+                ..
             }
         ));
         assert_eq!(
             error.to_string(),
-            "expected a unix socket, got a tcp socket"
+            format!("file descriptor {fd}: expected a unix socket, got a tcp socket")
         );
         let udp = Listener::Udp(UdpSocket::bind("127.0.0.1:0").unwrap());
         let udp = udp.into_nonblocking().unwrap().into_udp().unwrap();

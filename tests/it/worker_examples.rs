@@ -46,9 +46,12 @@ fn axum_worker() -> PathBuf {
     built("axum-worker")
 }
 
-/// One `GET / HTTP/1.0`: the body of a 200 answer, or what went wrong.
-fn get(addr: SocketAddr) -> Result<String, String> {
-    let timeout = Duration::from_secs(10);
+/// How long a probe for a first answer waits for it (it is retried).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One `GET / HTTP/1.0`, waiting at most `timeout` for each step: the body
+/// of a 200 answer, or what went wrong.
+fn get(addr: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut stream =
         TcpStream::connect_timeout(&addr, timeout).map_err(|e| format!("connect: {e}"))?;
     stream
@@ -77,6 +80,8 @@ struct Seen {
 }
 
 /// A client that requests in a loop, one request at a time, until stopped.
+/// Each request may take [`BOOT`]: a generation that is slow to start (Perl
+/// loading Plack on a busy machine) delays an answer, and must not fail it.
 struct Client {
     stop: Arc<AtomicBool>,
     seen: Arc<Mutex<Seen>>,
@@ -91,7 +96,7 @@ impl Client {
             let (stop, seen) = (stop.clone(), seen.clone());
             move || {
                 while !stop.load(Ordering::Relaxed) {
-                    let answer = get(addr);
+                    let answer = get(addr, BOOT);
                     let mut seen = seen.lock().unwrap_or_else(|e| e.into_inner());
                     match answer {
                         Ok(body) => seen
@@ -133,14 +138,14 @@ impl Drop for Client {
     }
 }
 
-/// Restarts the worker behind `srv` [`RESTARTS`] times while a client keeps
-/// requesting; each restart is over once the status file lists the new
-/// generation alone (the old one has exited) and the client had an answer
+/// Restarts the worker behind `srv` [`RESTARTS`] times while two clients
+/// keep requesting; each restart is over once the status file lists the new
+/// generation alone (the old one has exited) and a client had an answer
 /// from it. Asserts that no request failed.
 fn restart_while_requesting(srv: &Server) {
     let addr: SocketAddr = srv.sb.host_port().parse().expect("address");
-    srv.wait_for_within(BOOT, "a first answer", || get(addr).is_ok());
-    let client = Client::start(addr);
+    srv.wait_for_within(BOOT, "a first answer", || get(addr, PROBE_TIMEOUT).is_ok());
+    let clients = [Client::start(addr), Client::start(addr)];
     for generation in 2..=RESTARTS + 1 {
         srv.signal(Signal::SIGHUP);
         srv.wait_for_within(
@@ -155,10 +160,18 @@ fn restart_while_requesting(srv: &Server) {
         srv.wait_for_within(
             BOOT,
             &format!("an answer from generation {generation}"),
-            || client.saw(generation),
+            || clients.iter().any(|client| client.saw(generation)),
         );
     }
-    let seen = client.finish();
+    let mut seen = Seen::default();
+    for client in clients {
+        let Seen {
+            generations,
+            failures,
+        } = client.finish();
+        seen.generations.extend(generations);
+        seen.failures.extend(failures);
+    }
     assert!(
         seen.failures.is_empty(),
         "{} of {} requests failed across {RESTARTS} restarts: {:#?}\n{}",
@@ -169,12 +182,13 @@ fn restart_while_requesting(srv: &Server) {
     );
 }
 
-/// Runs `program ADDRESS` under start_server, and restarts it while
-/// requesting.
-fn restart_example_while_requesting(program: PathBuf) {
+/// Runs `program ADDRESS` under start_server with `options`, and restarts
+/// it while requesting.
+fn restart_example_while_requesting(program: PathBuf, options: &[&str]) {
     let sb = Sandbox::new();
     let srv = sb
         .server()
+        .args(options)
         .program([program.into_os_string(), sb.host_port().into()])
         .spawn();
     restart_while_requesting(&srv);
@@ -182,12 +196,22 @@ fn restart_example_while_requesting(program: PathBuf) {
 
 #[test]
 fn std_worker_restarts_without_a_failed_request() {
-    restart_example_while_requesting(std_worker());
+    restart_example_while_requesting(std_worker(), &[]);
+}
+
+/// A generation counts as started only once it sent READY=1: a worker that
+/// never did would stay the new generation beside the old one until the
+/// notify timeout (longer than the test waits).
+#[test]
+fn worker_examples_report_readiness_under_notify_ready() {
+    for program in [std_worker(), axum_worker()] {
+        restart_example_while_requesting(program, &["--notify-ready", "--notify-timeout=120"]);
+    }
 }
 
 #[test]
 fn axum_worker_restarts_without_a_failed_request() {
-    restart_example_while_requesting(axum_worker());
+    restart_example_while_requesting(axum_worker(), &[]);
 }
 
 /// The PSGI application Starlet serves: its generation and pid.
@@ -279,7 +303,7 @@ fn worker_examples_bind_their_address_outside_start_server() {
         wait_until(
             BOOT,
             &format!("{} to answer on {addr}", program.display()),
-            || get(addr).is_ok_and(|body| body.starts_with("generation=0 ")),
+            || get(addr, PROBE_TIMEOUT).is_ok_and(|body| body.starts_with("generation=0 ")),
             || read_lossy(&sb.path("worker.stderr")),
         );
     }
@@ -299,16 +323,101 @@ fn worker_examples_refuse_a_missing_key_under_start_server() {
             "{}: expected a failure, got {status:?}; stderr:\n{stderr}",
             program.display()
         );
+        // The reason is the missing key (not a failed bind of its own).
         assert!(
-            stderr.contains(&sb.host_port()) && stderr.contains("127.0.0.1:1"),
+            stderr.contains(&format!("no socket \"{}\"", sb.host_port()))
+                && stderr.contains("127.0.0.1:1"),
             "{}: stderr should name the key and the keys there are:\n{stderr}",
             program.display()
         );
+    }
+}
+
+#[test]
+fn worker_examples_name_the_cause_of_a_failed_bind() {
+    for program in [std_worker(), axum_worker()] {
+        let sb = Sandbox::new();
+        let _taken = TcpListener::bind(sb.host_port()).expect("bind the port first");
+        let mut worker = Run::start(&sb, &program, &[]);
+        let status = worker.wait(BOOT);
+        let stderr = read_lossy(&sb.path("worker.stderr"));
         assert!(
-            TcpListener::bind(sb.host_port()).is_ok(),
-            "{} bound {} itself",
-            program.display(),
-            sb.host_port()
+            status.is_some_and(|s| !s.success())
+                && stderr.contains(&sb.host_port())
+                && stderr.contains("Address already in use")
+                && stderr.lines().count() == 1,
+            "{}: expected one line naming the address and the cause, got {status:?}:\n{stderr}",
+            program.display()
         );
+    }
+}
+
+/// The lowest descriptor number `pid` does not have open.
+fn lowest_free_fd(pid: u32) -> i32 {
+    let open: Vec<i32> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("list the worker's descriptors")
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
+    (0..).find(|fd| !open.contains(fd)).expect("a free number")
+}
+
+/// Sets the soft `RLIMIT_NOFILE` of `pid`, keeping the hard one; returns
+/// the old soft limit.
+fn set_fd_limit(pid: u32, soft: libc::rlim_t) -> libc::rlim_t {
+    // SAFETY: all-zero is a valid `rlimit`.
+    let mut old: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: reads the limit into `old`.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    let new = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: old.rlim_max,
+    };
+    // SAFETY: sets the soft limit of our own child.
+    let rc = unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+    old.rlim_cur
+}
+
+/// Out of descriptors, `accept` fails with EMFILE while the connection
+/// stays queued: the worker logs it and retries after a pause (no busy
+/// loop, no exit), and answers once a descriptor is free again.
+#[test]
+fn worker_examples_survive_running_out_of_descriptors() {
+    for program in [std_worker(), axum_worker()] {
+        let sb = Sandbox::new();
+        let addr: SocketAddr = sb.host_port().parse().expect("address");
+        let worker = Run::start(&sb, &program, &[]);
+        let stderr = || read_lossy(&sb.path("worker.stderr"));
+        wait_until(
+            BOOT,
+            &format!("{} to answer on {addr}", program.display()),
+            || get(addr, PROBE_TIMEOUT).is_ok(),
+            stderr,
+        );
+        let pid = worker.0.id();
+        let soft = set_fd_limit(pid, lowest_free_fd(pid) as libc::rlim_t);
+        let started = Instant::now();
+        let request = thread::spawn(move || get(addr, BOOT));
+        wait_until(
+            BOOT,
+            &format!("{} to log a failed accept", program.display()),
+            || stderr().contains("retrying"),
+            stderr,
+        );
+        set_fd_limit(pid, soft);
+        let answer = request.join().expect("request thread");
+        let retries = stderr().matches("retrying").count();
+        // A pause of 200 ms between attempts: a spinning loop would log
+        // thousands a second.
+        let bound = 10 * started.elapsed().as_secs() as usize + 20;
+        assert!(
+            answer.is_ok() && retries <= bound,
+            "{}: {answer:?} after {retries} failed accepts (at most {bound}):\n{}",
+            program.display(),
+            stderr()
+        );
+        assert!(pid_alive(pid as i32), "{} exited", program.display());
     }
 }

@@ -20,6 +20,7 @@
 //! this workspace free of proc macros.)
 
 use std::future::poll_fn;
+use std::io::ErrorKind;
 use std::task::Poll;
 use std::time::Duration;
 
@@ -34,9 +35,27 @@ use tokio::signal::unix::{SignalKind, signal};
 /// before the shutdown closes those that were not.
 const FIRST_READ_GRACE: Duration = Duration::from_secs(1);
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// How long the open connections have, after SIGTERM, to finish their
+/// requests: a client that keeps its connection busy must not keep an old
+/// generation alive for ever. (`start_server --kill-old-delay` and
+/// `--signal-timeout` bound it from outside; this is the worker's own.)
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long to wait before accepting again after an error that does not
+/// pass at once (out of descriptors: `EMFILE`, `ENFILE`): retrying at once
+/// would spin.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(200);
+
+fn main() {
     let address = std::env::args().nth(1).unwrap_or("127.0.0.1:8080".into());
-    tokio::runtime::Runtime::new()?.block_on(serve(&address))
+    let served = tokio::runtime::Runtime::new()
+        .map_err(Into::into)
+        .and_then(|runtime| runtime.block_on(serve(&address)));
+    if let Err(err) = served {
+        // One line, with its cause ("failed to bind ...: Address already in use").
+        eprintln!("axum-worker: {err}");
+        std::process::exit(1);
+    }
 }
 
 async fn serve(address: &str) -> Result<(), Box<dyn std::error::Error>> {
@@ -59,8 +78,12 @@ async fn serve(address: &str) -> Result<(), Box<dyn std::error::Error>> {
     // Bounds how long a client that is slow to send its request head can
     // hold up the exit (hyper's header read timeout, 30 s).
     http.timer(TokioTimer::new());
-    // For `start_server --notify-ready`; nothing to do without it.
-    server_starter::notify_ready()?;
+    // For `start_server --notify-ready`; nothing is sent without it. A
+    // failure is no reason to stop serving: the supervisor then falls back
+    // to its timeout.
+    if let Err(err) = server_starter::notify_ready() {
+        eprintln!("axum-worker: {err}");
+    }
     loop {
         // The next connection, or `None` once SIGTERM came.
         let accepted = poll_fn(|cx| match term.poll_recv(cx) {
@@ -69,13 +92,29 @@ async fn serve(address: &str) -> Result<(), Box<dyn std::error::Error>> {
         })
         .await;
         let Some(accepted) = accepted else { break };
-        let Ok((stream, _)) = accepted else { continue };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            // The client gave up before we took its connection.
+            Err(err) if err.kind() == ErrorKind::ConnectionAborted => continue,
+            Err(err) => {
+                eprintln!("axum-worker: accept: {err}; retrying");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
+                continue;
+            }
+        };
         let connection =
             http.serve_connection(TokioIo::new(stream), TowerToHyperService::new(app.clone()));
         tokio::spawn(graceful.watch(connection));
     }
     drop(listener);
-    tokio::time::sleep(FIRST_READ_GRACE).await;
-    graceful.shutdown().await;
+    if graceful.count() > 0 {
+        tokio::time::sleep(FIRST_READ_GRACE).await;
+    }
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("axum-worker: connections still open after {SHUTDOWN_TIMEOUT:?}, exiting");
+    }
     Ok(())
 }
