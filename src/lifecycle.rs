@@ -272,6 +272,9 @@ struct Service {
 struct Stopping {
     remaining: Vec<Worker>,
     signal: Sig,
+    /// When TERM or INT came: `--signal-timeout` counts from here, for
+    /// the orphans too.
+    since: Time,
 }
 
 /// A worker sent its retirement or shutdown signal, waited for until
@@ -365,6 +368,11 @@ impl Lifecycle {
     #[cfg(test)]
     pub fn hup_pending(&self) -> bool {
         self.hup_pending
+    }
+
+    /// When TERM or INT came, once it did.
+    pub fn stop_began(&self) -> Option<Time> {
+        self.stopping.as_ref().map(|s| s.since)
     }
 
     /// Every worker is gone after TERM or INT ([`Action::Exit`] was
@@ -1001,7 +1009,11 @@ impl Lifecycle {
             self.send(w.pid, &signal, now, out);
         }
         self.notify_stopping(remaining.len(), out);
-        self.stopping = Some(Stopping { remaining, signal });
+        self.stopping = Some(Stopping {
+            remaining,
+            signal,
+            since: now,
+        });
         self.exit_when_all_gone(out);
     }
 
@@ -1351,6 +1363,7 @@ mod tests {
             notices(&c.step(Event::Tick, ms(5200))),
             [(None, "generation 4 (pid 13) running".to_string())]
         );
+        assert_eq!(c.stop_began(), None);
         assert_eq!(
             notices(&c.step(Event::Stop(Stop::Term), ms(6000))),
             [(
@@ -1358,6 +1371,8 @@ mod tests {
                 "stopping: waiting for 1 workers".to_string()
             )]
         );
+        // The orphans' `--signal-timeout` counts from here.
+        assert_eq!(c.stop_began(), Some(ms(6000)));
     }
 
     #[test]

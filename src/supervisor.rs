@@ -867,11 +867,15 @@ impl Supervisor {
         let Ok(signal) = Signal::try_from(self.orphan_signal.number) else {
             return;
         };
+        // The timeout counts from the TERM or INT, as the workers' does.
+        let deadline = self.signal_timeout.map(|timeout| {
+            self.clock + self.core.stop_began().unwrap_or_else(|| self.now()) + timeout
+        });
         reaper::stop_orphans(
             signal,
             &self.orphan_signal.name,
             &self.own_children,
-            self.signal_timeout,
+            deadline,
             &mut self.log,
         );
     }

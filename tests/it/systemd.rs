@@ -567,6 +567,118 @@ fn subreaper_adopts_orphans_and_stops_them_at_shutdown() {
     );
 }
 
+/// A worker (ignoring TERM if `stubborn`) that leaves orphan A, ignoring
+/// TERM, whose own child B ignores TERM too: B is re-parented to
+/// start_server only once A was killed. Under `--subreaper
+/// --signal-timeout=3`, up and running: start_server, A and B.
+fn stubborn_orphans(sb: &Sandbox, stubborn: bool) -> (Server<'_>, i32, i32) {
+    let dir = sb.dir().display();
+    let b = format!("echo $$ >{dir}/b.pid; exec sleep 600");
+    let a = format!("trap '' TERM; sh -c '{b}' & echo $$ >{dir}/a.pid; exec sleep 600");
+    let trap = if stubborn { "trap '' TERM; " } else { "" };
+    // In double quotes: each shell expands its own `$$`.
+    let a = a.replace('$', "\\$");
+    let worker = format!("{trap}(sh -c \"{a}\" &); exec sleep 600");
+    let srv = sb
+        .server()
+        .args(["--subreaper", "--signal-timeout=3"])
+        .program(["sh", "-c", &worker])
+        .spawn();
+    let pid_of = |name: &str| {
+        srv.wait_value(&format!("{name}.pid"), || {
+            let pid: i32 = std::fs::read_to_string(sb.path(&format!("{name}.pid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            // Written before its exec: wait for the sleep itself.
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+                .then_some(pid)
+        })
+    };
+    let (a, b) = (pid_of("a"), pid_of("b"));
+    srv.wait_for("A to be re-parented to start_server", || {
+        proc_stat_field(a, 4) == Some(i64::from(srv.pid()))
+    });
+    (srv, a, b)
+}
+
+/// TERM, then the time start_server took to exit, and its output; the
+/// orphans are gone.
+fn stop_with_orphans(srv: &Server, orphans: [i32; 2]) -> (Duration, String) {
+    let since = Instant::now();
+    srv.signal(Signal::SIGTERM);
+    let status = srv.wait_exit(TIMEOUT);
+    let took = since.elapsed();
+    assert!(status.success(), "{}", srv.describe());
+    assert!(!orphans.into_iter().any(pid_alive), "{}", srv.describe());
+    (took, srv.output())
+}
+
+#[test]
+fn orphans_re_parented_after_the_signal_timeout_are_killed_too() {
+    let sb = Sandbox::new();
+    let (srv, a, b) = stubborn_orphans(&sb, false);
+    let (_, out) = stop_with_orphans(&srv, [a, b]);
+    // B came after A's KILL, and got KILL too, not only TERM.
+    assert!(
+        out.contains(&format!("sending TERM to orphaned processes:{a}\n"))
+            && out.contains(&format!("sending KILL to orphaned processes:{a}\n"))
+            && out.contains(&format!("sending KILL to orphaned processes:{b}\n")),
+        "{out}"
+    );
+}
+
+#[test]
+fn orphans_get_the_signal_timeout_from_the_term_not_after_the_workers() {
+    let sb = Sandbox::new();
+    let (srv, a, b) = stubborn_orphans(&sb, true);
+    let (took, out) = stop_with_orphans(&srv, [a, b]);
+    // The worker's KILL and the orphans' both 3 s after the TERM, not the
+    // orphans' 3 s after the worker's.
+    assert!(took < Duration::from_millis(5500), "took {took:?}: {out}");
+}
+
+#[test]
+fn as_pid_1_with_the_hosts_proc_orphans_are_left_to_the_kernel_needs_unshare() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        skip("unshare --pid --fork is not permitted here");
+        return;
+    }
+    let sb = Sandbox::new();
+    let srv = sb
+        .server()
+        .wrapper(["unshare", "--pid", "--fork"])
+        .env("TW_ORPHAN_MS", "60000")
+        .spawn();
+    // /proc lists host pids: the children start_server would see there are
+    // not its own. It says so and exits; the kernel kills the rest of its
+    // namespace with it.
+    let pid1 = srv.wait_value("start_server in its namespace", || {
+        children_of(srv.pid()).first().copied()
+    });
+    srv.wait_for("a worker and its orphan under start_server", || {
+        children_of(pid1).len() >= 2
+    });
+    let orphans = children_of(pid1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGTERM).expect("TERM");
+    let status = srv.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", srv.describe());
+    let out = srv.output();
+    assert!(
+        out.contains("not stopping orphaned processes: /proc is not this PID namespace's"),
+        "{}",
+        srv.describe()
+    );
+    srv.wait_for("the namespace's processes to be gone", || {
+        !orphans.iter().copied().any(pid_alive)
+    });
+}
+
 #[test]
 fn as_pid_1_start_server_reaps_orphans_and_stops_on_term_needs_unshare() {
     let probe = Command::new("unshare")
