@@ -21,8 +21,10 @@ pub struct Ready {
 /// through `std::process::exit`, which runs no destructor: the sockets and
 /// their files stay the daemon's.
 /// Under a service manager that waits for sd_notify (`--systemd-notify`),
-/// the process it started tells it the daemon's pid before exiting.
+/// the process it started tells it the daemon's pid before exiting, and
+/// the daemon sends the watchdog keep-alives `WATCHDOG_PID` asked of it.
 pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
+    let started_as = std::process::id();
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {
@@ -51,7 +53,12 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
     // SAFETY: as above.
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { .. } => std::process::exit(0),
-        ForkResult::Child => Ok(Ready { report: write }),
+        ForkResult::Child => {
+            if notify == SystemdNotify::Auto {
+                systemd::take_over_watchdog(started_as);
+            }
+            Ok(Ready { report: write })
+        }
     }
 }
 

@@ -296,6 +296,18 @@ pub fn report_failure(mode: SystemdNotify, error: &anyhow::Error) {
     );
 }
 
+/// `--daemonize`: systemd's `WATCHDOG_PID` names the process it started,
+/// which exits once the daemon is up (and has told it `MAINPID=`). The
+/// daemon takes the watchdog over: `WATCHDOG_PID` becomes its own pid,
+/// for every later look at it (an upgrade's new image too).
+pub fn take_over_watchdog(started_as: u32) {
+    let named = std::env::var("WATCHDOG_PID").ok();
+    if named.and_then(|p| p.trim().parse::<u32>().ok()) == Some(started_as) {
+        // SAFETY: right after the fork, before any thread is started.
+        unsafe { std::env::set_var("WATCHDOG_PID", std::process::id().to_string()) };
+    }
+}
+
 /// How long `--daemonize`'s first process waits for the service manager to
 /// take in `MAINPID=` (`sd_notify_barrier(3)`'s default).
 const BARRIER_TIMEOUT_MS: u16 = 5000;

@@ -259,6 +259,39 @@ fn watchdog_keepalives_for_our_pid() {
 }
 
 #[test]
+fn watchdog_keepalives_from_the_daemon_when_systemd_named_the_first_process() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    // WATCHDOG_PID is the pid systemd exec'd: the process that daemonizes.
+    let launcher = sb
+        .server()
+        .arg("--daemonize")
+        .wrapper(["sh", "-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"])
+        .env("NOTIFY_SOCKET", &rx.address)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn();
+    // Reading the barrier answers it: the launcher exits at once.
+    rx.until(&launcher, "BARRIER=1");
+    let status = launcher.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", launcher.describe());
+    let daemon: i32 = std::fs::read_to_string(sb.pid_file())
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // Every 100 ms, from the daemon (before the fix: none at all).
+    for _ in 0..3 {
+        let got = rx.until(&launcher, "WATCHDOG=1");
+        assert_eq!(got.last().map(|(_, p)| *p), Some(daemon), "{got:?}");
+    }
+    let stop = launcher.client([
+        "--stop".into(),
+        format!("--pid-file={}", sb.pid_file().display()),
+    ]);
+    stop.finish(TIMEOUT).assert_success();
+}
+
+#[test]
 fn with_notify_ready_the_workers_ready_goes_to_start_server_only() {
     let sb = Sandbox::new();
     let rx = Receiver::at_path(&sb.path("notify.sock"));
