@@ -258,6 +258,24 @@ fn watchdog_keepalives_for_our_pid() {
     srv.stop();
 }
 
+/// The pid the `--daemonize` daemon wrote to the pid file.
+fn daemon_pid(sb: &Sandbox) -> i32 {
+    std::fs::read_to_string(sb.pid_file())
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Stops the daemon with `--stop`, waiting for it.
+fn stop_daemon(sb: &Sandbox, launcher: &Server) {
+    let stop = launcher.client([
+        "--stop".into(),
+        format!("--pid-file={}", sb.pid_file().display()),
+    ]);
+    stop.finish(TIMEOUT).assert_success();
+}
+
 #[test]
 fn watchdog_keepalives_from_the_daemon_when_systemd_named_the_first_process() {
     let sb = Sandbox::new();
@@ -274,21 +292,13 @@ fn watchdog_keepalives_from_the_daemon_when_systemd_named_the_first_process() {
     rx.until(&launcher, "BARRIER=1");
     let status = launcher.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", launcher.describe());
-    let daemon: i32 = std::fs::read_to_string(sb.pid_file())
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let daemon = daemon_pid(&sb);
     // Every 100 ms, from the daemon (before the fix: none at all).
     for _ in 0..3 {
         let got = rx.until(&launcher, "WATCHDOG=1");
         assert_eq!(got.last().map(|(_, p)| *p), Some(daemon), "{got:?}");
     }
-    let stop = launcher.client([
-        "--stop".into(),
-        format!("--pid-file={}", sb.pid_file().display()),
-    ]);
-    stop.finish(TIMEOUT).assert_success();
+    stop_daemon(&sb, &launcher);
 }
 
 #[test]
@@ -778,11 +788,7 @@ fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
     let got = rx.until(&launcher, "READY=1");
     let status = launcher.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", launcher.describe());
-    let daemon: i32 = std::fs::read_to_string(sb.pid_file())
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let daemon = daemon_pid(&sb);
     // MAINPID= from the process the manager started, then the barrier,
     // and only then anything from the daemon.
     assert_eq!(
@@ -796,11 +802,7 @@ fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
         "{got:?}"
     );
     assert!(got[2..].iter().all(|(_, pid)| *pid == daemon), "{got:?}");
-    let stop = launcher.client([
-        "--stop".into(),
-        format!("--pid-file={}", sb.pid_file().display()),
-    ]);
-    stop.finish(TIMEOUT).assert_success();
+    stop_daemon(&sb, &launcher);
 }
 
 #[test]
