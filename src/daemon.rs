@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
@@ -38,11 +39,16 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
                 systemd::announce_main_pid(notify, pid);
                 std::process::exit(0);
             }
-            let message = if answer.is_empty() {
-                "the daemon exited before it was ready".to_string()
-            } else {
-                answer
+            let (errno, message) = match answer.split_once('\n') {
+                Some((errno, message)) => (
+                    errno.strip_prefix("errno ").and_then(|n| n.parse().ok()),
+                    message,
+                ),
+                None => (None, "the daemon exited before it was ready"),
             };
+            // We are the main pid still: the daemon's word would be
+            // rejected under NotifyAccess=main.
+            systemd::send_failure(notify, message, errno);
             let _ = writeln!(std::io::stderr(), "start_server: {message}");
             std::process::exit(1);
         }
@@ -63,7 +69,8 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
 }
 
 /// The daemon's answer: `ok PID` and a newline once it is ready (it then
-/// waits for us to close our end), or its error, ended by EOF.
+/// waits for us to close our end), or its error (see
+/// [`Ready::report_error`]), ended by EOF.
 fn read_answer(from: &mut std::fs::File) -> String {
     let mut answer = Vec::new();
     let mut chunk = [0u8; 512];
@@ -108,7 +115,21 @@ impl Ready {
         let _ = nix::poll::poll(&mut fds, 6000u16);
     }
 
+    /// Hands `error` (`errno N` or `errno -`, a newline, the message) to
+    /// the first process, which reports it, to the service manager too.
     pub fn report_error(self, error: &anyhow::Error) {
-        let _ = std::fs::File::from(self.report).write_all(format!("{error:#}").as_bytes());
+        let errno = systemd::errno_of(error).map_or_else(|| "-".to_string(), |n| n.to_string());
+        let answer = format!("errno {errno}\n{error:#}");
+        let _ = std::fs::File::from(self.report).write_all(answer.as_bytes());
+        REPORTED.store(true, Ordering::Relaxed);
     }
+}
+
+/// The setup error went to the first process (`Ready::report_error`).
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the first process reports the setup error: then the daemon
+/// does not tell the service manager again.
+pub fn error_reported() -> bool {
+    REPORTED.load(Ordering::Relaxed)
 }

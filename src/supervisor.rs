@@ -83,7 +83,11 @@ pub fn run(config: Config) -> Result<()> {
     let mode = config.systemd_notify;
     let supervisor = match upgrade::take_state() {
         Some(state) => resume(config, &state?),
-        None => set_up(config).inspect_err(|e| systemd::report_failure(mode, e))?,
+        None => set_up(config).inspect_err(|e| {
+            if !daemon::error_reported() {
+                systemd::report_failure(mode, e);
+            }
+        })?,
     };
     supervisor.run();
     Ok(())

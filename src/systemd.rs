@@ -272,19 +272,25 @@ impl ServiceManager {
 /// A fatal start-up error, for `systemctl status` (`sd_notify(3)`'s
 /// "error cause" example): `STATUS=` the error line, `ERRNO=` its errno.
 pub fn report_failure(mode: SystemdNotify, error: &anyhow::Error) {
-    let Ok(Some(manager)) = ServiceManager::from_env(mode, &Env::inherited()) else {
-        return;
-    };
-    let mut text = format!(
-        "STATUS=failed to start: {}\n",
-        format!("{error:#}").replace('\n', " ")
-    );
-    let errno = error.chain().find_map(|cause| {
+    send_failure(mode, &format!("{error:#}"), errno_of(error));
+}
+
+/// The errno at the root of `error`, if one is.
+pub fn errno_of(error: &anyhow::Error) -> Option<i32> {
+    error.chain().find_map(|cause| {
         cause
             .downcast_ref::<Errno>()
             .map(|e| *e as i32)
             .or_else(|| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
-    });
+    })
+}
+
+/// `STATUS=failed to start: MESSAGE` and `ERRNO=`, to our `NOTIFY_SOCKET`.
+pub fn send_failure(mode: SystemdNotify, message: &str, errno: Option<i32>) {
+    let Ok(Some(manager)) = ServiceManager::from_env(mode, &Env::inherited()) else {
+        return;
+    };
+    let mut text = format!("STATUS=failed to start: {}\n", message.replace('\n', " "));
     if let Some(errno) = errno {
         text.push_str(&format!("ERRNO={errno}\n"));
     }

@@ -347,6 +347,41 @@ fn a_fatal_start_up_error_is_reported_with_its_errno() {
     assert!(datagram.contains("STATUS=failed to start"), "{datagram:?}");
 }
 
+#[test]
+fn with_daemonize_the_first_process_reports_the_daemons_setup_error() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    // Writing the pid fails after the fork, in the daemon: a FIFO opens
+    // and locks, but cannot be truncated.
+    let fifo = sb.path("fifo.pid");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let launcher = sb
+        .server()
+        .no_pid_file()
+        .arg("--daemonize")
+        .arg(format!("--pid-file={}", fifo.display()))
+        .env("NOTIFY_SOCKET", &rx.address)
+        .spawn();
+    let status = launcher.wait_exit(TIMEOUT);
+    assert!(!status.success(), "{}", launcher.describe());
+    // From the main pid (NotifyAccess=main), once.
+    let got: Vec<(String, i32)> = std::iter::from_fn(|| rx.next())
+        .filter(|(d, _)| d.contains("failed to start"))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (datagram, sender) = &got[0];
+    assert_eq!(*sender, launcher.pid(), "{got:?}");
+    assert!(
+        datagram.starts_with("STATUS=failed to start: failed to write pid file"),
+        "{datagram:?}"
+    );
+    assert_eq!(
+        field(datagram, "ERRNO").as_deref(),
+        Some("22"),
+        "{datagram:?}"
+    );
+}
+
 /// `activate SOCKETS... -- ` to put before start_server.
 fn activate(sockets: &[String]) -> Vec<String> {
     let mut argv = vec![example_bin("activate").display().to_string()];
