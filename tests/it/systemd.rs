@@ -463,6 +463,58 @@ fn socket_activation_in_without_options_passes_every_socket_on() {
 }
 
 #[test]
+fn socket_activation_in_keeps_the_sockets_and_variables_from_the_log_command() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    let log = sb.path("piped.log");
+    let srv = sb
+        .server()
+        .no_port()
+        .no_log_file()
+        .arg(format!("--log-file=| cat >>{}", log.display()))
+        .env("NOTIFY_SOCKET", &rx.address)
+        .wrapper(activate(&[format!("--tcp=0.0.0.0:{}", sb.port)]))
+        .spawn();
+    let worker = srv.wait_current(1);
+    // The log command's shell, and what it runs.
+    let mut log_processes: Vec<i32> = children_of(srv.pid())
+        .into_iter()
+        .filter(|&p| p != worker.pid)
+        .collect();
+    log_processes.extend(
+        log_processes
+            .clone()
+            .into_iter()
+            .flat_map(children_of)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!log_processes.is_empty(), "{}", srv.describe());
+    for pid in log_processes {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the log command's fds")
+            .flatten()
+            .filter_map(|e| Some(std::fs::read_link(e.path()).ok()?.display().to_string()))
+            .collect();
+        assert!(
+            !fds.iter().any(|f| f.starts_with("socket:")),
+            "log process {pid} holds {fds:?}"
+        );
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let names: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| Some(String::from_utf8_lossy(kv).split_once('=')?.0.to_string()))
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("LISTEN_") || n == "NOTIFY_SOCKET"),
+            "log process {pid} has {names:?}"
+        );
+    }
+    srv.stop();
+}
+
+#[test]
 fn socket_activation_in_ignores_sockets_for_another_pid() {
     let sb = Sandbox::new();
     let srv = sb
