@@ -18,13 +18,12 @@
 use std::collections::VecDeque;
 use std::ffi::OsString;
 use std::io::Write;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use nix::errno::Errno;
-use nix::fcntl::{FcntlArg, FdFlag, fcntl};
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::{SigSet, Signal, kill};
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
@@ -103,14 +102,9 @@ fn set_up(config: Config) -> Result<Supervisor> {
     let exe = upgrade::resolve_self(std::env::args_os().next().as_deref());
 
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
-    // Before `--daemonize`: LISTEN_PID names this process. Before the log
-    // command starts: systemd's sockets are inheritable until adopted
-    // (`bind_all` makes them so again), and it must not hold them open.
-    let activated = listen::activated_sockets(&Env::inherited())?;
-    for socket in &activated {
-        fcntl(socket.fd.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-            .context("failed to make a socket from systemd close-on-exec")?;
-    }
+    // systemd's sockets are inheritable: the log command must not hold
+    // them open. `bind_all` makes the adopted ones inheritable again.
+    systemd::seal_listen_fds(&Env::inherited());
     // The log command sees what a worker sees of systemd's variables.
     let log_env = systemd::worker_env(&Env::inherited(), config.systemd_notify);
     let mut log_sink = config
@@ -124,6 +118,8 @@ fn set_up(config: Config) -> Result<Supervisor> {
         .map(|p| &mut p.fd)
         .chain(log_sink.iter_mut().map(|l| &mut l.fd))
         .collect();
+    // Before `--daemonize`: LISTEN_PID names this process.
+    let activated = listen::activated_sockets(&Env::inherited())?;
     let mut sockets = listen::bind_all(&config.listen, config.backlog, &mut internal, activated)?;
     if config.systemd_listen_fds {
         sockets.place_for_activation(&mut internal)?;

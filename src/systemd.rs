@@ -354,6 +354,28 @@ pub fn announce_main_pid(mode: SystemdNotify, pid: &str) {
     }
 }
 
+/// Makes the descriptors `LISTEN_FDS` hands to us (`LISTEN_PID` ours)
+/// close-on-exec until they are adopted, so that nothing started before
+/// (the `--log-file` command) inherits them. The first that is not open
+/// ends the list here: adoption reports it.
+pub fn seal_listen_fds(env: &Env) {
+    let ours = env
+        .get_str("LISTEN_PID")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = env
+        .get_str("LISTEN_FDS")
+        .and_then(|n| n.trim().parse::<i32>().ok())
+        .filter(|_| ours)
+        .unwrap_or(0);
+    for fd in 3..3_i32.saturating_add(count) {
+        // SAFETY: F_SETFD on a number: at worst EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return;
+        }
+    }
+}
+
 /// The workers' environment: without socket activation's variables (they
 /// were for start_server, or for nobody), and without the service
 /// manager's unless `--systemd-notify=pass` (which `auto` becomes when
