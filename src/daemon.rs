@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result};
 use nix::fcntl::OFlag;
@@ -21,8 +22,10 @@ pub struct Ready {
 /// through `std::process::exit`, which runs no destructor: the sockets and
 /// their files stay the daemon's.
 /// Under a service manager that waits for sd_notify (`--systemd-notify`),
-/// the process it started tells it the daemon's pid before exiting.
+/// the process it started tells it the daemon's pid before exiting, and
+/// the daemon sends the watchdog keep-alives `WATCHDOG_PID` asked of it.
 pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
+    let started_as = std::process::id();
     let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("failed to create a pipe")?;
     // SAFETY: single-threaded; both branches continue as ordinary processes.
     match unsafe { fork() }.context("fork failed")? {
@@ -36,11 +39,16 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
                 systemd::announce_main_pid(notify, pid);
                 std::process::exit(0);
             }
-            let message = if answer.is_empty() {
-                "the daemon exited before it was ready".to_string()
-            } else {
-                answer
+            let (errno, message) = match answer.split_once('\n') {
+                Some((errno, message)) => (
+                    errno.strip_prefix("errno ").and_then(|n| n.parse().ok()),
+                    message,
+                ),
+                None => (None, "the daemon exited before it was ready"),
             };
+            // We are the main pid still: the daemon's word would be
+            // rejected under NotifyAccess=main.
+            systemd::send_failure(notify, message, errno);
             let _ = writeln!(std::io::stderr(), "start_server: {message}");
             std::process::exit(1);
         }
@@ -51,12 +59,18 @@ pub fn daemonize(notify: SystemdNotify) -> Result<Ready> {
     // SAFETY: as above.
     match unsafe { fork() }.context("fork failed")? {
         ForkResult::Parent { .. } => std::process::exit(0),
-        ForkResult::Child => Ok(Ready { report: write }),
+        ForkResult::Child => {
+            if notify == SystemdNotify::Auto {
+                systemd::take_over_watchdog(started_as);
+            }
+            Ok(Ready { report: write })
+        }
     }
 }
 
 /// The daemon's answer: `ok PID` and a newline once it is ready (it then
-/// waits for us to close our end), or its error, ended by EOF.
+/// waits for us to close our end), or its error (see
+/// [`Ready::report_error`]), ended by EOF.
 fn read_answer(from: &mut std::fs::File) -> String {
     let mut answer = Vec::new();
     let mut chunk = [0u8; 512];
@@ -101,7 +115,21 @@ impl Ready {
         let _ = nix::poll::poll(&mut fds, 6000u16);
     }
 
+    /// Hands `error` (`errno N` or `errno -`, a newline, the message) to
+    /// the first process, which reports it, to the service manager too.
     pub fn report_error(self, error: &anyhow::Error) {
-        let _ = std::fs::File::from(self.report).write_all(format!("{error:#}").as_bytes());
+        let errno = systemd::errno_of(error).map_or_else(|| "-".to_string(), |n| n.to_string());
+        let answer = format!("errno {errno}\n{error:#}");
+        let _ = std::fs::File::from(self.report).write_all(answer.as_bytes());
+        REPORTED.store(true, Ordering::Relaxed);
     }
+}
+
+/// The setup error went to the first process (`Ready::report_error`).
+static REPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether the first process reports the setup error: then the daemon
+/// does not tell the service manager again.
+pub fn error_reported() -> bool {
+    REPORTED.load(Ordering::Relaxed)
 }

@@ -272,6 +272,9 @@ struct Service {
 struct Stopping {
     remaining: Vec<Worker>,
     signal: Sig,
+    /// When TERM or INT came: `--signal-timeout` counts from here, for
+    /// the orphans too.
+    since: Time,
 }
 
 /// A worker sent its retirement or shutdown signal, waited for until
@@ -361,6 +364,17 @@ impl Lifecycle {
         self.stopping.as_ref().map(|s| s.remaining.as_slice())
     }
 
+    /// A HUP awaits a restart of its own (which begins with `RELOADING=1`).
+    #[cfg(test)]
+    pub fn hup_pending(&self) -> bool {
+        self.hup_pending
+    }
+
+    /// When TERM or INT came, once it did.
+    pub fn stop_began(&self) -> Option<Time> {
+        self.stopping.as_ref().map(|s| s.since)
+    }
+
     /// Every worker is gone after TERM or INT ([`Action::Exit`] was
     /// returned): nothing more happens.
     pub fn exited(&self) -> bool {
@@ -422,7 +436,11 @@ impl Lifecycle {
         );
         match event {
             Event::Tick => {}
-            Event::Hup => self.on_hup(),
+            Event::Hup => {
+                if self.on_hup() {
+                    self.notify_reload_absorbed(&mut out);
+                }
+            }
             Event::Stop(stop) => self.on_stop(stop, now, &mut out),
             Event::ChildExited { pid, status } => self.on_child_exit(pid, status, &mut out),
             Event::Spawned { pid, failure } => self.on_spawned(pid, failure, now, &mut out),
@@ -567,10 +585,10 @@ impl Lifecycle {
 
     /// A HUP starts a restart at once when none is in progress; otherwise
     /// it marks one follow-up restart, unless the spawn it asks for is
-    /// still to come anyway.
-    fn on_hup(&mut self) {
+    /// still to come anyway: then it is absorbed, and says so (`true`).
+    fn on_hup(&mut self) -> bool {
         if self.stopping.is_some() {
-            return;
+            return false;
         }
         if self.config.max_retry_interval.is_some() && self.failed_starts > 0 {
             // Backoff: a HUP starts the count again, and one that comes
@@ -588,7 +606,7 @@ impl Lifecycle {
             }) = self.start.as_mut()
             {
                 *not_before = floor;
-                return;
+                return true;
             }
         }
         let spawn_to_come = matches!(
@@ -603,6 +621,7 @@ impl Lifecycle {
             self.hup_paced |=
                 self.start.is_some() || self.kill_at.is_some() || !self.old.is_empty();
         }
+        spawn_to_come
     }
 
     fn spawn(&mut self, now: Time, out: &mut Vec<Action>) {
@@ -990,7 +1009,11 @@ impl Lifecycle {
             self.send(w.pid, &signal, now, out);
         }
         self.notify_stopping(remaining.len(), out);
-        self.stopping = Some(Stopping { remaining, signal });
+        self.stopping = Some(Stopping {
+            remaining,
+            signal,
+            since: now,
+        });
         self.exit_when_all_gone(out);
     }
 
@@ -1031,6 +1054,17 @@ impl Lifecycle {
         service.upgrading = false;
         let status = format!("restarting: starting generation {}", self.generation + 1);
         self.notice(Some(State::Reloading), status, out);
+    }
+
+    /// A HUP answered by a spawn already to come: once ready, it is a
+    /// reload all the same. systemd, having sent the HUP, ignores `READY=1`
+    /// until a `RELOADING=1` stamped after its signal (the shell stamps it
+    /// when it sends it), so one goes now, and the generation to come ends
+    /// it with `READY=1`.
+    fn notify_reload_absorbed(&mut self, out: &mut Vec<Action>) {
+        if self.service.as_ref().is_some_and(|s| s.ready_sent) {
+            self.notify_reloading(out);
+        }
     }
 
     /// `generation N (pid P) running`, with the old workers still exiting.
@@ -1329,6 +1363,7 @@ mod tests {
             notices(&c.step(Event::Tick, ms(5200))),
             [(None, "generation 4 (pid 13) running".to_string())]
         );
+        assert_eq!(c.stop_began(), None);
         assert_eq!(
             notices(&c.step(Event::Stop(Stop::Term), ms(6000))),
             [(
@@ -1336,6 +1371,57 @@ mod tests {
                 "stopping: waiting for 1 workers".to_string()
             )]
         );
+        // The orphans' `--signal-timeout` counts from here.
+        assert_eq!(c.stop_began(), Some(ms(6000)));
+    }
+
+    #[test]
+    fn a_hup_answered_by_a_retry_is_a_reload_all_the_same() {
+        let spawned = |pid| Event::Spawned { pid, failure: None };
+        // A HUP restart's fork failed, its retry waits (`--interval`, with
+        // or without backoff); a HUP now is answered by that retry.
+        for max_retry in [None, Some(5.0)] {
+            let mut c = core(1000);
+            c.config.max_retry_interval = max_retry.map(|value| Seconds {
+                text: format!("{value}"),
+                value,
+            });
+            c.notify_service_manager();
+            c.step(Event::Tick, ms(0));
+            c.step(spawned(10), ms(0));
+            c.step(Event::Tick, ms(1000));
+            c.step(Event::Hup, ms(2000));
+            c.step(Event::Tick, ms(2000));
+            let error = "fork: EAGAIN".to_string();
+            c.step(Event::SpawnFailed { error }, ms(2000));
+            assert!(matches!(
+                c.start(),
+                Some(Start {
+                    phase: Phase::Waiting { .. },
+                    ..
+                })
+            ));
+            // The HUP step itself tells systemd, whose reload began after
+            // the first RELOADING=1.
+            assert_eq!(
+                notices(&c.step(Event::Hup, ms(2200))),
+                [(
+                    Some(State::Reloading),
+                    "restarting: starting generation 3".to_string()
+                )]
+            );
+            let retry = c.step(Event::Tick, ms(3000));
+            assert_eq!(retry.last(), Some(&Action::Spawn { generation: 3 }));
+            c.step(spawned(11), ms(3000));
+            assert_eq!(
+                notices(&c.step(Event::Tick, ms(4000))),
+                [(
+                    Some(State::Ready),
+                    "generation 3 (pid 11) running; 1 old workers exiting".to_string()
+                )],
+                "max retry interval {max_retry:?}"
+            );
+        }
     }
 
     #[test]

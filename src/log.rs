@@ -34,6 +34,8 @@ use nix::fcntl::{FcntlArg, OFlag, fcntl};
 use nix::sys::socket::{MsgFlags, send};
 use nix::sys::stat::{Mode, SFlag, fstat};
 
+use crate::envdir::Env;
+
 /// Writes one line to stderr in a single write(2), ignoring failures. For
 /// setup and the client modes; it blocks while the output does.
 pub fn line(args: std::fmt::Arguments<'_>) {
@@ -88,14 +90,17 @@ fn open_file(path: &Path) -> std::io::Result<File> {
 }
 
 /// Opens the log file for appending, or starts `sh -c CMD` for a value
-/// beginning with `|` (the reference's Perl `open '|-'`). The command is
-/// started before any socket exists, so it inherits none.
-pub fn open(spec: &OsStr) -> Result<LogSink> {
+/// beginning with `|` (the reference's Perl `open '|-'`) with the
+/// environment `env`. The command is started before any socket of ours
+/// exists, and systemd's are close-on-exec by then: it inherits none.
+pub fn open(spec: &OsStr, env: &Env) -> Result<LogSink> {
     let shown = spec.to_string_lossy();
     if let Some(command) = pipe_command(spec) {
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(command)
+            .env_clear()
+            .envs(env.iter().map(|(name, value)| (name, value)))
             .stdin(Stdio::piped())
             .spawn()
             .with_context(|| format!("failed to open pipe:{shown}"))?;

@@ -252,10 +252,12 @@ pub const ALL: &[Opt] = &[
              programs (default: auto)",
         )
         .details(
-            "auto acts only when start_server itself was given a NOTIFY_SOCKET it can \
-             send to (a Type=notify or Type=notify-reload unit); it also sends \
+            "auto acts whenever start_server itself was given a NOTIFY_SOCKET it can \
+             send to: systemd sets one for Type=notify and Type=notify-reload units, \
+             and for any unit with NotifyAccess= or WatchdogSec=. It also sends \
              STATUS= lines, WATCHDOG=1 keep-alives when WATCHDOG_USEC is set for it, \
-             and MAINPID= with --daemonize.",
+             and MAINPID= with --daemonize; a program that spoke to systemd itself \
+             no longer reaches it (pass restores that).",
         ),
     opt("systemd-listen-fds", Flag, "", Value::None)
         .extension()

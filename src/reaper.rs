@@ -4,8 +4,8 @@
 //! The loop reaps every child (`waitpid(-1)`); only workers are events for
 //! the core, an orphan is reaped without a line. At shutdown, once the
 //! workers are gone, the orphans still alive get `--signal-on-term` (and
-//! KILL after `--signal-timeout`) and are waited for, so that none keeps a
-//! listening socket, or a container, alive.
+//! KILL from `--signal-timeout` after the TERM or INT on) and are waited
+//! for, so that none keeps a listening socket, or a container, alive.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +19,10 @@ use crate::log::LogWriter;
 
 /// How often the shutdown looks for orphans that exited.
 const POLL: Duration = Duration::from_millis(10);
+
+/// How long orphans sent KILL are waited for before giving up (one in
+/// uninterruptible sleep on a dead NFS server can take for ever).
+const KILL_GRACE: Duration = Duration::from_secs(5);
 
 /// Makes start_server the reaper of its descendants' orphans.
 pub fn become_subreaper() -> Result<()> {
@@ -35,6 +39,16 @@ pub fn become_subreaper() -> Result<()> {
 /// Whether orphans become our children: as PID 1, or a subreaper.
 pub fn adopts_orphans(subreaper: bool) -> bool {
     subreaper || std::process::id() == 1
+}
+
+/// Whether `/proc` is our PID namespace's: in a new one without its own
+/// `/proc` (`unshare --pid --fork` without `--mount-proc`), it lists the
+/// host's processes under the host's pids, and ours would be wrong.
+fn proc_is_ours() -> bool {
+    std::fs::read_link("/proc/self")
+        .ok()
+        .and_then(|link| link.to_str()?.parse::<u32>().ok())
+        == Some(std::process::id())
 }
 
 /// Our children now, from `/proc/PID/stat` (the parent pid is the second
@@ -71,45 +85,69 @@ fn reap_exited() {
 }
 
 /// After the workers: signals the orphans still alive, and their orphans
-/// as they appear, then waits for all of them; KILL after `timeout`.
+/// as they appear, then waits for all of them. From `deadline` on (the
+/// TERM or INT plus `--signal-timeout`), every one still alive gets KILL,
+/// those re-parented later too, and the wait ends `KILL_GRACE` after it
+/// at the latest. An orphan we may not signal (EPERM: it changed user) is
+/// not waited for.
 pub fn stop_orphans(
     signal: Signal,
     name: &str,
     own: &[i32],
-    timeout: Option<Duration>,
+    deadline: Option<Instant>,
     log: &mut LogWriter,
 ) {
+    if !proc_is_ours() {
+        log.line(
+            "not stopping orphaned processes: /proc is not this PID namespace's \
+             (mount one to have them stopped)",
+        );
+        return;
+    }
     let mut signalled: Vec<i32> = Vec::new();
-    let mut killed = false;
-    let since = Instant::now();
+    let mut killed: Vec<i32> = Vec::new();
+    let mut ignored: Vec<i32> = Vec::new();
     loop {
         reap_exited();
         let alive: Vec<i32> = children()
             .into_iter()
-            .filter(|p| !own.contains(p))
+            .filter(|p| !own.contains(p) && !ignored.contains(p))
             .collect();
         if alive.is_empty() {
             return;
         }
-        let new: Vec<i32> = alive
-            .iter()
-            .copied()
-            .filter(|p| !signalled.contains(p))
-            .collect();
+        let now = Instant::now();
+        let (list, sent, to) = match deadline {
+            Some(at) if now >= at + KILL_GRACE => {
+                log.line(&format!(
+                    "gave up waiting for orphaned processes:{}",
+                    join(&alive)
+                ));
+                return;
+            }
+            Some(at) if now >= at => (&mut killed, Signal::SIGKILL, "KILL"),
+            _ => (&mut signalled, signal, name),
+        };
+        let new: Vec<i32> = alive.into_iter().filter(|p| !list.contains(p)).collect();
         if !new.is_empty() {
-            let list = new.iter().map(i32::to_string).collect::<Vec<_>>().join(",");
-            log.line(&format!("sending {name} to orphaned processes:{list}"));
+            log.line(&format!(
+                "sending {to} to orphaned processes:{}",
+                join(&new)
+            ));
             for &pid in &new {
-                let _ = kill(Pid::from_raw(pid), signal);
+                if let Err(Errno::EPERM | Errno::ESRCH) = kill(Pid::from_raw(pid), sent) {
+                    ignored.push(pid);
+                }
             }
-            signalled.extend(new);
-        }
-        if !killed && timeout.is_some_and(|t| since.elapsed() >= t) {
-            killed = true;
-            for &pid in &alive {
-                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
-            }
+            list.extend(new);
         }
         std::thread::sleep(POLL);
     }
+}
+
+fn join(pids: &[i32]) -> String {
+    pids.iter()
+        .map(i32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }

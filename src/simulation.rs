@@ -90,10 +90,14 @@
 //!   generation is reported current, at most once per generation, and
 //!   only for the first one or to end a reload; every generation made
 //!   current while a reload is pending ends it with `READY=1`;
-//!   `RELOADING=1` only in the step that logs `received HUP`, or when an
-//!   upgrade begins once ready with no reload pending (the upgrade's end
-//!   then sends its `READY=1`, unless a restart took the reload over);
-//!   `STOPPING=1` once, in the TERM/INT step.
+//!   `RELOADING=1` only in the step that logs `received HUP` (and always
+//!   there), in a HUP's own step, or when an upgrade begins once ready
+//!   with no reload pending (the upgrade's end then sends its `READY=1`,
+//!   unless a restart took the reload over); `STOPPING=1` once, in the
+//!   TERM/INT step. A HUP once `READY=1` was sent, before TERM/INT,
+//!   either sends `RELOADING=1` in its own step or leaves a restart of
+//!   its own pending (`received HUP` to come): systemd, having sent the
+//!   HUP, waits for a `RELOADING=1` newer than it.
 //! - "upgrade round trip": an upgrade (SIGUSR2) saves the core in the
 //!   state format and restores it; the restored core is the same.
 //! - "log lines": every line is one of docs/behaviour.md section 4's.
@@ -900,7 +904,9 @@ impl World {
                 self.actions.push((self.now, a.clone()));
             }
         }
+        let was_ready = !self.ready_told.is_empty();
         self.check_step(step, &event, &actions, was_exited, was_stopping)?;
+        self.check_reload_told(&event, &actions, was_ready && !was_stopping)?;
         for action in actions {
             match action {
                 Action::Kill { pid, signal } => {
@@ -1227,10 +1233,11 @@ impl World {
                     let upgrade = *event == Event::Upgrade(Upgrade::Begun)
                         && !self.reload_told
                         && !self.ready_told.is_empty();
+                    let absorbed = *event == Event::Hup && !self.ready_told.is_empty();
                     ensure!(
-                        hup || upgrade,
+                        hup || upgrade || absorbed,
                         rule,
-                        "RELOADING=1 without a HUP restart or an upgrade from ready: {actions:?}"
+                        "RELOADING=1 without a HUP or an upgrade from ready: {actions:?}"
                     );
                     self.reload_told = true;
                 }
@@ -1248,6 +1255,35 @@ impl World {
             },
             _ => {}
         }
+        Ok(())
+    }
+
+    /// The "service manager" rule for a whole step: a HUP restart always
+    /// begins with `RELOADING=1`; a HUP once ready sends it or leaves its
+    /// own restart pending.
+    fn check_reload_told(&self, event: &Event, actions: &[Action], ready: bool) -> Checked {
+        let reloading = actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Notify(Notice {
+                    state: Some(State::Reloading),
+                    ..
+                })
+            )
+        });
+        let restart = actions
+            .iter()
+            .any(|a| matches!(a, Action::Log(l) if l == "received HUP, spawning a new worker"));
+        ensure!(
+            reloading || !restart,
+            "service manager",
+            "a HUP restart without RELOADING=1: {actions:?}"
+        );
+        ensure!(
+            reloading || !ready || *event != Event::Hup || self.core.hup_pending(),
+            "service manager",
+            "a HUP once ready, with no RELOADING=1 and no restart of its own to come: {actions:?}"
+        );
         Ok(())
     }
 

@@ -83,7 +83,11 @@ pub fn run(config: Config) -> Result<()> {
     let mode = config.systemd_notify;
     let supervisor = match upgrade::take_state() {
         Some(state) => resume(config, &state?),
-        None => set_up(config).inspect_err(|e| systemd::report_failure(mode, e))?,
+        None => set_up(config).inspect_err(|e| {
+            if !daemon::error_reported() {
+                systemd::report_failure(mode, e);
+            }
+        })?,
     };
     supervisor.run();
     Ok(())
@@ -98,7 +102,16 @@ fn set_up(config: Config) -> Result<Supervisor> {
     let exe = upgrade::resolve_self(std::env::args_os().next().as_deref());
 
     let mut pid_file = config.pid_file.as_deref().map(PidFile::lock).transpose()?;
-    let mut log_sink = config.log_file.as_deref().map(log::open).transpose()?;
+    // systemd's sockets are inheritable: the log command must not hold
+    // them open. `bind_all` makes the adopted ones inheritable again.
+    systemd::seal_listen_fds(&Env::inherited());
+    // The log command sees what a worker sees of systemd's variables.
+    let log_env = systemd::worker_env(&Env::inherited(), config.systemd_notify);
+    let mut log_sink = config
+        .log_file
+        .as_deref()
+        .map(|spec| log::open(spec, &log_env))
+        .transpose()?;
     log_line!("start_server (pid:{}) starting now...", std::process::id());
     let mut internal: Vec<&mut OwnedFd> = pid_file
         .iter_mut()
@@ -867,11 +880,15 @@ impl Supervisor {
         let Ok(signal) = Signal::try_from(self.orphan_signal.number) else {
             return;
         };
+        // The timeout counts from the TERM or INT, as the workers' does.
+        let deadline = self.signal_timeout.map(|timeout| {
+            self.clock + self.core.stop_began().unwrap_or_else(|| self.now()) + timeout
+        });
         reaper::stop_orphans(
             signal,
             &self.orphan_signal.name,
             &self.own_children,
-            self.signal_timeout,
+            deadline,
             &mut self.log,
         );
     }

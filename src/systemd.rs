@@ -272,19 +272,25 @@ impl ServiceManager {
 /// A fatal start-up error, for `systemctl status` (`sd_notify(3)`'s
 /// "error cause" example): `STATUS=` the error line, `ERRNO=` its errno.
 pub fn report_failure(mode: SystemdNotify, error: &anyhow::Error) {
-    let Ok(Some(manager)) = ServiceManager::from_env(mode, &Env::inherited()) else {
-        return;
-    };
-    let mut text = format!(
-        "STATUS=failed to start: {}\n",
-        format!("{error:#}").replace('\n', " ")
-    );
-    let errno = error.chain().find_map(|cause| {
+    send_failure(mode, &format!("{error:#}"), errno_of(error));
+}
+
+/// The errno at the root of `error`, if one is.
+pub fn errno_of(error: &anyhow::Error) -> Option<i32> {
+    error.chain().find_map(|cause| {
         cause
             .downcast_ref::<Errno>()
             .map(|e| *e as i32)
             .or_else(|| cause.downcast_ref::<std::io::Error>()?.raw_os_error())
-    });
+    })
+}
+
+/// `STATUS=failed to start: MESSAGE` and `ERRNO=`, to our `NOTIFY_SOCKET`.
+pub fn send_failure(mode: SystemdNotify, message: &str, errno: Option<i32>) {
+    let Ok(Some(manager)) = ServiceManager::from_env(mode, &Env::inherited()) else {
+        return;
+    };
+    let mut text = format!("STATUS=failed to start: {}\n", message.replace('\n', " "));
     if let Some(errno) = errno {
         text.push_str(&format!("ERRNO={errno}\n"));
     }
@@ -294,6 +300,18 @@ pub fn report_failure(mode: SystemdNotify, error: &anyhow::Error) {
         &manager.addr,
         MsgFlags::MSG_NOSIGNAL,
     );
+}
+
+/// `--daemonize`: systemd's `WATCHDOG_PID` names the process it started,
+/// which exits once the daemon is up (and has told it `MAINPID=`). The
+/// daemon takes the watchdog over: `WATCHDOG_PID` becomes its own pid,
+/// for every later look at it (an upgrade's new image too).
+pub fn take_over_watchdog(started_as: u32) {
+    let named = std::env::var("WATCHDOG_PID").ok();
+    if named.and_then(|p| p.trim().parse::<u32>().ok()) == Some(started_as) {
+        // SAFETY: right after the fork, before any thread is started.
+        unsafe { std::env::set_var("WATCHDOG_PID", std::process::id().to_string()) };
+    }
 }
 
 /// How long `--daemonize`'s first process waits for the service manager to
@@ -333,6 +351,28 @@ pub fn announce_main_pid(mode: SystemdNotify, pid: &str) {
             nix::poll::PollFlags::POLLIN,
         )];
         let _ = nix::poll::poll(&mut poll_fds, BARRIER_TIMEOUT_MS);
+    }
+}
+
+/// Makes the descriptors `LISTEN_FDS` hands to us (`LISTEN_PID` ours)
+/// close-on-exec until they are adopted, so that nothing started before
+/// (the `--log-file` command) inherits them. The first that is not open
+/// ends the list here: adoption reports it.
+pub fn seal_listen_fds(env: &Env) {
+    let ours = env
+        .get_str("LISTEN_PID")
+        .and_then(|p| p.trim().parse::<u32>().ok())
+        == Some(std::process::id());
+    let count = env
+        .get_str("LISTEN_FDS")
+        .and_then(|n| n.trim().parse::<i32>().ok())
+        .filter(|_| ours)
+        .unwrap_or(0);
+    for fd in 3..3_i32.saturating_add(count) {
+        // SAFETY: F_SETFD on a number: at worst EBADF.
+        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return;
+        }
     }
 }
 

@@ -33,7 +33,11 @@ record!(Attempt {
     deadline,
     killed
 });
-record!(Stopping { remaining, signal });
+record!(Stopping {
+    remaining,
+    signal,
+    since
+});
 record!(Service {
     ready_sent,
     reloading,

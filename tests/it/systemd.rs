@@ -258,6 +258,49 @@ fn watchdog_keepalives_for_our_pid() {
     srv.stop();
 }
 
+/// The pid the `--daemonize` daemon wrote to the pid file.
+fn daemon_pid(sb: &Sandbox) -> i32 {
+    std::fs::read_to_string(sb.pid_file())
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Stops the daemon with `--stop`, waiting for it.
+fn stop_daemon(sb: &Sandbox, launcher: &Server) {
+    let stop = launcher.client([
+        "--stop".into(),
+        format!("--pid-file={}", sb.pid_file().display()),
+    ]);
+    stop.finish(TIMEOUT).assert_success();
+}
+
+#[test]
+fn watchdog_keepalives_from_the_daemon_when_systemd_named_the_first_process() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    // WATCHDOG_PID is the pid systemd exec'd: the process that daemonizes.
+    let launcher = sb
+        .server()
+        .arg("--daemonize")
+        .wrapper(["sh", "-c", "WATCHDOG_PID=$$ exec \"$@\"", "sh"])
+        .env("NOTIFY_SOCKET", &rx.address)
+        .env("WATCHDOG_USEC", "200000")
+        .spawn();
+    // Reading the barrier answers it: the launcher exits at once.
+    rx.until(&launcher, "BARRIER=1");
+    let status = launcher.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", launcher.describe());
+    let daemon = daemon_pid(&sb);
+    // Every 100 ms, from the daemon (before the fix: none at all).
+    for _ in 0..3 {
+        let got = rx.until(&launcher, "WATCHDOG=1");
+        assert_eq!(got.last().map(|(_, p)| *p), Some(daemon), "{got:?}");
+    }
+    stop_daemon(&sb, &launcher);
+}
+
 #[test]
 fn with_notify_ready_the_workers_ready_goes_to_start_server_only() {
     let sb = Sandbox::new();
@@ -302,6 +345,41 @@ fn a_fatal_start_up_error_is_reported_with_its_errno() {
         "{datagram:?}"
     );
     assert!(datagram.contains("STATUS=failed to start"), "{datagram:?}");
+}
+
+#[test]
+fn with_daemonize_the_first_process_reports_the_daemons_setup_error() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    // Writing the pid fails after the fork, in the daemon: a FIFO opens
+    // and locks, but cannot be truncated.
+    let fifo = sb.path("fifo.pid");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).expect("mkfifo");
+    let launcher = sb
+        .server()
+        .no_pid_file()
+        .arg("--daemonize")
+        .arg(format!("--pid-file={}", fifo.display()))
+        .env("NOTIFY_SOCKET", &rx.address)
+        .spawn();
+    let status = launcher.wait_exit(TIMEOUT);
+    assert!(!status.success(), "{}", launcher.describe());
+    // From the main pid (NotifyAccess=main), once.
+    let got: Vec<(String, i32)> = std::iter::from_fn(|| rx.next())
+        .filter(|(d, _)| d.contains("failed to start"))
+        .collect();
+    assert_eq!(got.len(), 1, "{got:?}");
+    let (datagram, sender) = &got[0];
+    assert_eq!(*sender, launcher.pid(), "{got:?}");
+    assert!(
+        datagram.starts_with("STATUS=failed to start: failed to write pid file"),
+        "{datagram:?}"
+    );
+    assert_eq!(
+        field(datagram, "ERRNO").as_deref(),
+        Some("22"),
+        "{datagram:?}"
+    );
 }
 
 /// `activate SOCKETS... -- ` to put before start_server.
@@ -381,6 +459,58 @@ fn socket_activation_in_without_options_passes_every_socket_on() {
         answer_pid(&http_get(sb.port).expect("tcp")),
         Some(worker.pid)
     );
+    srv.stop();
+}
+
+#[test]
+fn socket_activation_in_keeps_the_sockets_and_variables_from_the_log_command() {
+    let sb = Sandbox::new();
+    let rx = Receiver::at_path(&sb.path("notify.sock"));
+    let log = sb.path("piped.log");
+    let srv = sb
+        .server()
+        .no_port()
+        .no_log_file()
+        .arg(format!("--log-file=| cat >>{}", log.display()))
+        .env("NOTIFY_SOCKET", &rx.address)
+        .wrapper(activate(&[format!("--tcp=0.0.0.0:{}", sb.port)]))
+        .spawn();
+    let worker = srv.wait_current(1);
+    // The log command's shell, and what it runs.
+    let mut log_processes: Vec<i32> = children_of(srv.pid())
+        .into_iter()
+        .filter(|&p| p != worker.pid)
+        .collect();
+    log_processes.extend(
+        log_processes
+            .clone()
+            .into_iter()
+            .flat_map(children_of)
+            .collect::<Vec<_>>(),
+    );
+    assert!(!log_processes.is_empty(), "{}", srv.describe());
+    for pid in log_processes {
+        let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .expect("the log command's fds")
+            .flatten()
+            .filter_map(|e| Some(std::fs::read_link(e.path()).ok()?.display().to_string()))
+            .collect();
+        assert!(
+            !fds.iter().any(|f| f.starts_with("socket:")),
+            "log process {pid} holds {fds:?}"
+        );
+        let environ = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+        let names: Vec<String> = environ
+            .split(|&b| b == 0)
+            .filter_map(|kv| Some(String::from_utf8_lossy(kv).split_once('=')?.0.to_string()))
+            .collect();
+        assert!(
+            !names
+                .iter()
+                .any(|n| n.starts_with("LISTEN_") || n == "NOTIFY_SOCKET"),
+            "log process {pid} has {names:?}"
+        );
+    }
     srv.stop();
 }
 
@@ -567,6 +697,118 @@ fn subreaper_adopts_orphans_and_stops_them_at_shutdown() {
     );
 }
 
+/// A worker (ignoring TERM if `stubborn`) that leaves orphan A, ignoring
+/// TERM, whose own child B ignores TERM too: B is re-parented to
+/// start_server only once A was killed. Under `--subreaper
+/// --signal-timeout=3`, up and running: start_server, A and B.
+fn stubborn_orphans(sb: &Sandbox, stubborn: bool) -> (Server<'_>, i32, i32) {
+    let dir = sb.dir().display();
+    let b = format!("echo $$ >{dir}/b.pid; exec sleep 600");
+    let a = format!("trap '' TERM; sh -c '{b}' & echo $$ >{dir}/a.pid; exec sleep 600");
+    let trap = if stubborn { "trap '' TERM; " } else { "" };
+    // In double quotes: each shell expands its own `$$`.
+    let a = a.replace('$', "\\$");
+    let worker = format!("{trap}(sh -c \"{a}\" &); exec sleep 600");
+    let srv = sb
+        .server()
+        .args(["--subreaper", "--signal-timeout=3"])
+        .program(["sh", "-c", &worker])
+        .spawn();
+    let pid_of = |name: &str| {
+        srv.wait_value(&format!("{name}.pid"), || {
+            let pid: i32 = std::fs::read_to_string(sb.path(&format!("{name}.pid")))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            // Written before its exec: wait for the sleep itself.
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.trim() == "sleep")
+                .then_some(pid)
+        })
+    };
+    let (a, b) = (pid_of("a"), pid_of("b"));
+    srv.wait_for("A to be re-parented to start_server", || {
+        proc_stat_field(a, 4) == Some(i64::from(srv.pid()))
+    });
+    (srv, a, b)
+}
+
+/// TERM, then the time start_server took to exit, and its output; the
+/// orphans are gone.
+fn stop_with_orphans(srv: &Server, orphans: [i32; 2]) -> (Duration, String) {
+    let since = Instant::now();
+    srv.signal(Signal::SIGTERM);
+    let status = srv.wait_exit(TIMEOUT);
+    let took = since.elapsed();
+    assert!(status.success(), "{}", srv.describe());
+    assert!(!orphans.into_iter().any(pid_alive), "{}", srv.describe());
+    (took, srv.output())
+}
+
+#[test]
+fn orphans_re_parented_after_the_signal_timeout_are_killed_too() {
+    let sb = Sandbox::new();
+    let (srv, a, b) = stubborn_orphans(&sb, false);
+    let (_, out) = stop_with_orphans(&srv, [a, b]);
+    // B came after A's KILL, and got KILL too, not only TERM.
+    assert!(
+        out.contains(&format!("sending TERM to orphaned processes:{a}\n"))
+            && out.contains(&format!("sending KILL to orphaned processes:{a}\n"))
+            && out.contains(&format!("sending KILL to orphaned processes:{b}\n")),
+        "{out}"
+    );
+}
+
+#[test]
+fn orphans_get_the_signal_timeout_from_the_term_not_after_the_workers() {
+    let sb = Sandbox::new();
+    let (srv, a, b) = stubborn_orphans(&sb, true);
+    let (took, out) = stop_with_orphans(&srv, [a, b]);
+    // The worker's KILL and the orphans' both 3 s after the TERM, not the
+    // orphans' 3 s after the worker's.
+    assert!(took < Duration::from_millis(5500), "took {took:?}: {out}");
+}
+
+#[test]
+fn as_pid_1_with_the_hosts_proc_orphans_are_left_to_the_kernel_needs_unshare() {
+    let probe = Command::new("unshare")
+        .args(["--pid", "--fork", "true"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        skip("unshare --pid --fork is not permitted here");
+        return;
+    }
+    let sb = Sandbox::new();
+    let srv = sb
+        .server()
+        .wrapper(["unshare", "--pid", "--fork"])
+        .env("TW_ORPHAN_MS", "60000")
+        .spawn();
+    // /proc lists host pids: the children start_server would see there are
+    // not its own. It says so and exits; the kernel kills the rest of its
+    // namespace with it.
+    let pid1 = srv.wait_value("start_server in its namespace", || {
+        children_of(srv.pid()).first().copied()
+    });
+    srv.wait_for("a worker and its orphan under start_server", || {
+        children_of(pid1).len() >= 2
+    });
+    let orphans = children_of(pid1);
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGTERM).expect("TERM");
+    let status = srv.wait_exit(TIMEOUT);
+    assert!(status.success(), "{}", srv.describe());
+    let out = srv.output();
+    assert!(
+        out.contains("not stopping orphaned processes: /proc is not this PID namespace's"),
+        "{}",
+        srv.describe()
+    );
+    srv.wait_for("the namespace's processes to be gone", || {
+        !orphans.iter().copied().any(pid_alive)
+    });
+}
+
 #[test]
 fn as_pid_1_start_server_reaps_orphans_and_stops_on_term_needs_unshare() {
     let probe = Command::new("unshare")
@@ -633,11 +875,7 @@ fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
     let got = rx.until(&launcher, "READY=1");
     let status = launcher.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", launcher.describe());
-    let daemon: i32 = std::fs::read_to_string(sb.pid_file())
-        .expect("pid file")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let daemon = daemon_pid(&sb);
     // MAINPID= from the process the manager started, then the barrier,
     // and only then anything from the daemon.
     assert_eq!(
@@ -651,11 +889,7 @@ fn daemonize_tells_the_service_manager_the_daemons_pid_first() {
         "{got:?}"
     );
     assert!(got[2..].iter().all(|(_, pid)| *pid == daemon), "{got:?}");
-    let stop = launcher.client([
-        "--stop".into(),
-        format!("--pid-file={}", sb.pid_file().display()),
-    ]);
-    stop.finish(TIMEOUT).assert_success();
+    stop_daemon(&sb, &launcher);
 }
 
 #[test]
