@@ -163,12 +163,17 @@ impl Drop for PidFile {
         if !self.remove {
             return;
         }
-        // Only our file: if it was replaced meanwhile, leave the new one.
+        // Only our file: if it was replaced meanwhile, leave the new one;
+        // and never a device or a FIFO given as the pid file
+        // (`--pid-file=/dev/null`), which removing as root would break.
         if let (Ok(mine), Ok(there)) = (
             nix::sys::stat::fstat(self.fd.as_fd()),
             std::fs::symlink_metadata(&self.path),
         ) {
-            if mine.st_dev == there.dev() && mine.st_ino == there.ino() {
+            if there.file_type().is_file()
+                && mine.st_dev == there.dev()
+                && mine.st_ino == there.ino()
+            {
                 let _ = std::fs::remove_file(&self.path);
             }
         }

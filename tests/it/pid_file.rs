@@ -51,3 +51,25 @@ fn no_pid_file_is_left_after_a_setup_error() {
     assert!(!out.status.success(), "{}", out.describe());
     assert!(!sb.pid_file().exists() && !sb.status_file().exists());
 }
+
+#[test]
+fn a_pid_file_that_is_not_a_regular_file_is_never_removed() {
+    // A FIFO stands for a device (`--pid-file=/dev/null`): written to,
+    // locked, but never unlinked, whatever happens.
+    let sb = Sandbox::new();
+    let fifo = sb.path("pid.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).expect("mkfifo");
+    let out = sb
+        .server()
+        .no_pid_file()
+        .arg(format!("--pid-file={}", fifo.display()))
+        .spawn()
+        .finish(TIMEOUT);
+    let kind = std::fs::symlink_metadata(&fifo).map(|m| m.file_type());
+    assert!(
+        kind.as_ref()
+            .is_ok_and(std::os::unix::fs::FileTypeExt::is_fifo),
+        "the FIFO given as the pid file is gone ({kind:?})\n{}",
+        out.describe()
+    );
+}
