@@ -1467,12 +1467,13 @@ pub fn upgrade(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), 
             };
             match upgrade_run(setup, instance, run) {
                 Ok(m) => {
+                    let r = &m.requests;
                     results.add(UPG_WALL, who, ms(m.wall));
-                    results.add(UPG_REQUESTS, who, m.requests as f64);
-                    results.add(UPG_FAILED, who, m.failed as f64);
-                    results.add(UPG_NON_2XX, who, m.non_2xx as f64);
-                    results.add(UPG_REFUSED_FOR, who, ms(m.refused_for));
-                    results.add(UPG_MAX_LATENCY, who, ms(m.max_latency));
+                    results.add(UPG_REQUESTS, who, r.requests as f64);
+                    results.add(UPG_FAILED, who, r.failed as f64);
+                    results.add(UPG_NON_2XX, who, r.non_2xx as f64);
+                    results.add(UPG_REFUSED_FOR, who, ms(r.refused_for));
+                    results.add(UPG_MAX_LATENCY, who, ms(r.max_latency));
                     results.add(UPG_PID_KEPT, who, f64::from(u8::from(m.pid_kept)));
                     results.add(UPG_WORKER_KEPT, who, f64::from(u8::from(m.worker_kept)));
                 }
@@ -1490,13 +1491,54 @@ pub fn upgrade(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), 
 /// What one run of the upgrade step measured.
 struct UpgradeRun {
     wall: Duration,
-    requests: usize,
-    failed: usize,
-    non_2xx: usize,
-    refused_for: Duration,
-    max_latency: Duration,
+    requests: RequestSummary,
     pid_kept: bool,
     worker_kept: bool,
+}
+
+/// What the requests of one client run came to.
+#[derive(Debug, PartialEq)]
+struct RequestSummary {
+    requests: usize,
+    /// No connection, reset, cut short, timed out.
+    failed: usize,
+    non_2xx: usize,
+    /// The sum of the spans from a failed request's start to the start of
+    /// the next answered one (or to the end of the last request, when none
+    /// was answered after it).
+    refused_for: Duration,
+    max_latency: Duration,
+}
+
+impl RequestSummary {
+    fn of(records: &[Record]) -> RequestSummary {
+        let failed = records.iter().filter(|r| r.outcome.is_socket_error());
+        let non_2xx = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Status(_)));
+        let mut refused_for = Duration::ZERO;
+        let mut first_failure: Option<Duration> = None;
+        for r in records {
+            match (r.outcome, first_failure) {
+                (o, None) if o.is_socket_error() => first_failure = Some(r.start),
+                (Outcome::Ok { .. }, Some(f)) => {
+                    refused_for += r.start.saturating_sub(f);
+                    first_failure = None;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(f), Some(last)) = (first_failure, records.last()) {
+            refused_for += (last.start + last.latency).saturating_sub(f);
+        }
+        RequestSummary {
+            requests: records.len(),
+            failed: failed.count(),
+            non_2xx: non_2xx.count(),
+            refused_for,
+            max_latency: records.iter().map(|r| r.latency).max().unwrap_or_default(),
+        }
+    }
 }
 
 /// One replacement of `instance`'s binary under a tight request loop; the
@@ -1523,43 +1565,17 @@ fn upgrade_run(setup: &Setup, instance: Instance, run: usize) -> Result<UpgradeR
     });
     let (wall, instance) = outcome?;
     write_requests(setup, &format!("upgrade-{run}-{}", who.name()), &records);
-    let window = &records;
-    let failed = window
-        .iter()
-        .filter(|r| r.outcome.is_socket_error())
-        .count();
-    let non_2xx = window
-        .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Status(_)))
-        .count();
-    let mut refused_for = Duration::ZERO;
-    let mut first_failure: Option<Duration> = None;
-    for r in window {
-        match (r.outcome.is_socket_error(), first_failure) {
-            (true, None) => first_failure = Some(r.start),
-            (false, Some(f)) if matches!(r.outcome, Outcome::Ok { .. }) => {
-                refused_for += r.start.saturating_sub(f);
-                first_failure = None;
-            }
-            _ => {}
-        }
-    }
-    let max_latency = window.iter().map(|r| r.latency).max().unwrap_or_default();
+    let summary = RequestSummary::of(&records);
     let now = instance.single_generation();
     let pid_file = std::fs::read_to_string(&instance.pid_file).unwrap_or_default();
     let pid_kept = instance.pid == supervisor
         && !instance.has_exited()
         && pid_file.trim() == supervisor.to_string();
     let worker_kept = now == Some((generation, worker));
-    let requests = window.len();
     instance.stop(GRACE);
     Ok(UpgradeRun {
         wall,
-        requests,
-        failed,
-        non_2xx,
-        refused_for,
-        max_latency,
+        requests: summary,
         pid_kept,
         worker_kept,
     })
@@ -1693,5 +1709,49 @@ fn write_requests(setup: &Setup, name: &str, records: &[Record]) {
     let path = setup.raw.join(format!("{name}.requests"));
     if let Err(e) = std::fs::write(&path, text) {
         eprintln!("  {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(start_ms: u64, latency_ms: u64, outcome: Outcome) -> Record {
+        Record {
+            start: Duration::from_millis(start_ms),
+            latency: Duration::from_millis(latency_ms),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn summarises_a_client_run() {
+        let ok = Outcome::Ok { generation: 1 };
+        let records = [
+            record(0, 1, ok),
+            record(1, 3, Outcome::Reset),
+            record(4, 1, Outcome::Refused),
+            record(5, 2, ok),
+            record(7, 1, Outcome::Status(503)),
+            record(8, 1, Outcome::Refused),
+            record(9, 1, Outcome::Status(503)),
+            record(10, 1, ok),
+            record(11, 1, Outcome::Refused),
+            record(12, 2, Outcome::Refused),
+        ];
+        let summary = RequestSummary::of(&records);
+        assert_eq!(
+            summary,
+            RequestSummary {
+                requests: 10,
+                failed: 5,
+                non_2xx: 2,
+                // 1 → 5, 8 → 10, and 11 → the end of the last request, 14.
+                refused_for: Duration::from_millis(4 + 2 + 3),
+                max_latency: Duration::from_millis(3),
+            }
+        );
+        let none = RequestSummary::of(&[]);
+        assert_eq!((none.requests, none.refused_for), (0, Duration::ZERO));
     }
 }
