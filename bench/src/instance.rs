@@ -6,7 +6,7 @@
 //! its group, and SIGINT/SIGTERM/SIGHUP to the harness kill every registered
 //! group before it exits.
 
-use std::fs::{self, File};
+use std::fs;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -170,6 +170,10 @@ pub struct Instance {
     pub log: PathBuf,
     /// Taken just before the fork, for the start-up time.
     pub spawned_at: Instant,
+    /// What it was started with, for [`Instance::start_again`].
+    tag: String,
+    args: Vec<String>,
+    env: Vec<(String, PathBuf)>,
     child: Child,
     reaped: bool,
 }
@@ -190,23 +194,64 @@ impl Instance {
         args: &[&str],
         env: &[(&str, &Path)],
     ) -> Result<Instance, String> {
-        let port = free_port()?;
         let tag = format!("{tag}-{}", who.name());
+        let args = args.iter().map(|a| a.to_string()).collect();
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_path_buf()))
+            .collect();
+        Instance::launch(setup, who, tag, free_port()?, args, env, true)
+    }
+
+    /// Starts the same start_server again, with the same port, options,
+    /// status, pid and stamp files and environment, once this one has
+    /// exited (its log goes on in the same file).
+    pub fn start_again(&self, setup: &Setup) -> Result<Instance, String> {
+        Instance::launch(
+            setup,
+            self.who,
+            self.tag.clone(),
+            self.port,
+            self.args.clone(),
+            self.env.clone(),
+            false,
+        )
+    }
+
+    /// Starts `who` on `port`; `fresh`: removes the status, pid and stamp
+    /// files and truncates the log first, else appends to the log.
+    fn launch(
+        setup: &Setup,
+        who: Who,
+        tag: String,
+        port: u16,
+        args: Vec<String>,
+        env: Vec<(String, PathBuf)>,
+        fresh: bool,
+    ) -> Result<Instance, String> {
         let status_file = setup.raw.join(format!("{tag}.status"));
         let pid_file = setup.raw.join(format!("{tag}.pid"));
-        let _ = fs::remove_file(&status_file);
         let stamp_file = setup.raw.join(format!("{tag}.stamps"));
-        let _ = fs::remove_file(&pid_file);
-        let _ = fs::remove_file(&stamp_file);
+        if fresh {
+            let _ = fs::remove_file(&status_file);
+            let _ = fs::remove_file(&pid_file);
+            let _ = fs::remove_file(&stamp_file);
+        }
         let log_path = setup.log(&tag);
-        let log = File::create(&log_path).map_err(|e| format!("{tag}: log file: {e}"))?;
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(!fresh)
+            .truncate(fresh)
+            .open(&log_path)
+            .map_err(|e| format!("{tag}: log file: {e}"))?;
         let log2 = log.try_clone().map_err(|e| e.to_string())?;
         let mut command = Command::new(setup.binary(who));
         command
             .arg(format!("--port=127.0.0.1:{port}"))
             .arg(format!("--status-file={}", status_file.display()))
             .arg(format!("--pid-file={}", pid_file.display()))
-            .args(args)
+            .args(&args)
             .arg("--")
             .arg(&setup.worker)
             .env("BENCH_EXEC_STAMP", &stamp_file)
@@ -214,7 +259,7 @@ impl Instance {
             // NOTIFY_SOCKET on: the workers must not notify whoever runs
             // the harness.
             .env_remove("NOTIFY_SOCKET")
-            .envs(env.iter().copied())
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2)
@@ -230,6 +275,9 @@ impl Instance {
             stamp_file,
             log: log_path,
             spawned_at,
+            tag,
+            args,
+            env,
             child,
             reaped: false,
         })

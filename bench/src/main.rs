@@ -41,7 +41,8 @@ const USAGE: &str = "usage: ss-bench --ours BIN --reference BIN --worker BIN --o
   --only NAME       only the steps whose name contains NAME, or any of
                     several NAMEs separated by commas (start-up,
                     switchover, cycle, exec, --restart, wrk, per-request,
-                    footprint, idle, storm, readiness)
+                    footprint, idle, storm, readiness,
+                    upgrade)
 ";
 
 struct Args {
@@ -165,7 +166,7 @@ fn run(args: &Args) -> Result<(), String> {
     let mut results = Results::default();
 
     type Step = fn(&Setup, &Plan, &mut Results) -> Result<(), String>;
-    let steps: [(&str, Step); 9] = [
+    let steps: [(&str, Step); 10] = [
         ("start-up", scenarios::startup),
         (
             "switchover and HUP → exec, --interval=1",
@@ -183,6 +184,10 @@ fn run(args: &Args) -> Result<(), String> {
         (
             "readiness: READY=1 → old worker signalled, restart command",
             scenarios::readiness,
+        ),
+        (
+            "upgrade: replacing start_server's own binary under load",
+            scenarios::upgrade,
         ),
     ];
     let wanted = |name: &str| {
@@ -209,6 +214,17 @@ fn run(args: &Args) -> Result<(), String> {
     }
 
     let header = header(setup, &plan, started.elapsed().as_secs_f64(), &load_before);
+    // A run of the upgrade step alone leaves results.md as it was.
+    let only_upgrade = steps
+        .iter()
+        .all(|(name, _)| !wanted(name) || name.starts_with("upgrade"))
+        && !wanted("per-request latency with restarts");
+    if let Some(path) = report::write_upgrade(&args.out, &setup.raw, &header, &results, &plan)? {
+        println!("Written: {}", path.display());
+    }
+    if only_upgrade {
+        return Ok(());
+    }
     let (md, verdicts) = report::write(&args.out, &setup.raw, &header, &results, &plan, &paced)?;
     println!("{md}");
     println!("Targets:");

@@ -651,8 +651,111 @@ fn table(results: &Results, plan: &Plan) -> Table {
         Unit::Ms,
         false,
     );
+    upgrade_rows(&mut t, results, plan);
     t
 }
+
+/// The rows of the upgrade step.
+fn upgrade_rows(t: &mut Table, results: &Results, plan: &Plan) {
+    let runs = plan.upgrade_runs;
+    t.section(&format!(
+        "Upgrade: replacing start_server's own binary while a client requests in a tight loop, a new connection per request, `--interval=1` ({runs} runs each)"
+    ));
+    t.note(results, "how", s::UPG_HOW);
+    t.median(
+        results,
+        "wall time: ours `--upgrade` until it returned; the others `--stop` → a new start_server answering",
+        s::UPG_WALL,
+        Unit::Ms,
+        false,
+    );
+    t.sums(
+        results,
+        "requests failed (refused, reset, cut short) / non-2xx, of all sent (total)",
+        &[
+            s::UPG_FAILED.to_string(),
+            s::UPG_NON_2XX.to_string(),
+            s::UPG_REQUESTS.to_string(),
+        ],
+    );
+    t.median(
+        results,
+        "port refusing: first failed request → next answered one",
+        s::UPG_REFUSED_FOR,
+        Unit::Ms,
+        false,
+    );
+    t.median(
+        results,
+        "longest request",
+        s::UPG_MAX_LATENCY,
+        Unit::Ms,
+        false,
+    );
+    t.sums(
+        results,
+        &format!("runs with the same supervisor pid / the same worker (of {runs})"),
+        &[s::UPG_PID_KEPT.to_string(), s::UPG_WORKER_KEPT.to_string()],
+    );
+}
+
+/// Writes `upgrade.md` (the upgrade step's table alone) and `samples.csv`
+/// when the upgrade step ran; its path.
+pub fn write_upgrade(
+    out: &Path,
+    raw: &Path,
+    header: &str,
+    results: &Results,
+    plan: &Plan,
+) -> Result<Option<PathBuf>, String> {
+    if Who::compared()
+        .into_iter()
+        .all(|who| results.get(s::UPG_WALL, who).is_empty())
+    {
+        return Ok(None);
+    }
+    let mut t = Table {
+        columns: Who::compared(),
+        rows: Vec::new(),
+    };
+    upgrade_rows(&mut t, results, plan);
+    let mut md = header.to_string();
+    md.push_str(&t.markdown());
+    let reasons = results.not_applicable_reasons();
+    if !reasons.is_empty() {
+        md.push_str("\nn/a:\n\n");
+        for (who, reason) in reasons {
+            let _ = writeln!(md, "- {}: {reason}", who.name());
+        }
+    }
+    md.push_str(UPGRADE_NOTES);
+    let path = out.join("upgrade.md");
+    fs::write(&path, &md).map_err(|e| format!("upgrade.md: {e}"))?;
+    fs::write(raw.join("samples.csv"), results.to_csv()).map_err(|e| e.to_string())?;
+    Ok(Some(path))
+}
+
+const UPGRADE_NOTES: &str = "
+Each run starts a fresh start_server with `--interval=1` and the bench worker,
+waits until it answers, then starts a client that sends one request after
+the other, each on a new connection, and 100 ms later replaces the
+supervisor's binary: ours with `start_server --upgrade --pid-file=FILE`
+(the same binary: it re-executes itself in place, see docs/behaviour.md
+section 9); the reference, which cannot, with `start_server --stop
+--pid-file=FILE` and a new start_server with the same options on the same
+port. The client goes on until 100 ms after that is over. Wall time: ours,
+the `--upgrade` command from start to exit; the others, from `--stop` to the
+first answer from the new start_server's worker. Requests failed: no
+connection, reset, or cut short; non-2xx: an answer with another status.
+Port refusing: the sum of the spans from a failed request to the next
+answered one. Longest request: of every request the client sent. Same
+supervisor pid: the start_server process and the pid in its pid file are
+those of before; same worker: the status file lists the same generation and
+worker pid as before. Every request of every run is in
+`raw/upgrade-RUN-WHO.requests`, every number in `raw/samples.csv`, the logs
+in `raw/logs/`. Rerun with `bench/run.sh --only upgrade` (it leaves
+results.md as it is).
+";
 
 /// One target of the issue, judged on ours.
 struct Target {

@@ -62,6 +62,17 @@ pub const READY_SIGNALLED_EARLY: &str = "old_signalled_before_ready";
 pub const READY_EARLY_BY: &str = "old_signalled_before_ready_by_ms";
 pub const READY_RESTART: &str = "restart_command_ms";
 pub const READY_RESTART_LAG: &str = "restart_command_after_status_ms";
+/// The upgrade step: see [`upgrade`].
+pub const UPG_WALL: &str = "upgrade_wall_ms";
+pub const UPG_REQUESTS: &str = "upgrade_requests";
+pub const UPG_FAILED: &str = "upgrade_failed_requests";
+pub const UPG_NON_2XX: &str = "upgrade_non_2xx";
+pub const UPG_REFUSED_FOR: &str = "upgrade_port_refused_ms";
+pub const UPG_MAX_LATENCY: &str = "upgrade_max_latency_ms";
+pub const UPG_PID_KEPT: &str = "upgrade_pid_kept";
+pub const UPG_WORKER_KEPT: &str = "upgrade_worker_kept";
+/// How each replaces its own binary (a note).
+pub const UPG_HOW: &str = "upgrade_how";
 /// How each waits for readiness (a note).
 pub const READY_HOW: &str = "readiness_how";
 
@@ -104,6 +115,8 @@ pub struct Plan {
     pub ready_boot_ms: u64,
     /// The second boot time, longer than `--interval=1`.
     pub ready_slow_boot_ms: u64,
+    /// Upgrade: runs each.
+    pub upgrade_runs: usize,
 }
 
 impl Plan {
@@ -129,6 +142,7 @@ impl Plan {
             ready_runs: 10,
             ready_boot_ms: 500,
             ready_slow_boot_ms: 1500,
+            upgrade_runs: 10,
         }
     }
 
@@ -148,6 +162,7 @@ impl Plan {
             idle_duration: Duration::from_secs(3),
             storm_runs: 1,
             ready_runs: 3,
+            upgrade_runs: 3,
             ..Plan::full()
         }
     }
@@ -1404,4 +1419,339 @@ fn restart_client(
 /// next implementation, so that none always goes first.
 fn rotated(n: usize, run: usize) -> impl Iterator<Item = usize> {
     (0..n).map(move |i| (i + run) % n)
+}
+
+/// How long the client goes on before and after the replacement.
+const UPGRADE_MARGIN: Duration = Duration::from_millis(100);
+
+/// Replacing start_server's own binary while a client requests in a tight
+/// loop (a new connection per request). Ours: `start_server --upgrade
+/// --pid-file=FILE` with the same binary, which re-executes it in place.
+/// The others have no such thing: `start_server --stop --pid-file=FILE`,
+/// then a new start_server with the same options, until it answers.
+/// Per run: the wall time, the requests that failed or were not 2xx, how
+/// long the port refused connections (first failure → next success), the
+/// longest request, and whether the supervisor's and the worker's pids
+/// stayed. The client runs from [`UPGRADE_MARGIN`] before the command to
+/// [`UPGRADE_MARGIN`] after it is over; every request of a run goes to
+/// `raw/upgrade-RUN-WHO.requests`.
+pub fn upgrade(setup: &Setup, plan: &Plan, results: &mut Results) -> Result<(), String> {
+    let keys = [
+        UPG_WALL,
+        UPG_REQUESTS,
+        UPG_FAILED,
+        UPG_NON_2XX,
+        UPG_REFUSED_FOR,
+        UPG_MAX_LATENCY,
+        UPG_PID_KEPT,
+        UPG_WORKER_KEPT,
+    ];
+    for who in Who::compared() {
+        let how = if who == Who::Ours {
+            "`start_server --upgrade --pid-file=FILE` (the same binary)"
+        } else {
+            "`start_server --stop --pid-file=FILE`, then a new start_server with the same options"
+        };
+        results.note(UPG_HOW, who, how.to_string());
+    }
+    let mut skip: Vec<Who> = Vec::new();
+    for run in 0..plan.upgrade_runs {
+        for who in Who::order(run) {
+            if skip.contains(&who) {
+                continue;
+            }
+            let tag = format!("upgrade-{run}");
+            let Some(instance) = start_or_na(setup, results, who, &tag, &[INTERVAL], &keys)? else {
+                skip.push(who);
+                continue;
+            };
+            match upgrade_run(setup, instance, run) {
+                Ok(m) => {
+                    let r = &m.requests;
+                    results.add(UPG_WALL, who, ms(m.wall));
+                    results.add(UPG_REQUESTS, who, r.requests as f64);
+                    results.add(UPG_FAILED, who, r.failed as f64);
+                    results.add(UPG_NON_2XX, who, r.non_2xx as f64);
+                    results.add(UPG_REFUSED_FOR, who, ms(r.refused_for));
+                    results.add(UPG_MAX_LATENCY, who, ms(r.max_latency));
+                    results.add(UPG_PID_KEPT, who, f64::from(u8::from(m.pid_kept)));
+                    results.add(UPG_WORKER_KEPT, who, f64::from(u8::from(m.worker_kept)));
+                }
+                Err(e) if who.is_extra() => {
+                    not_applicable(results, who, &keys, &e);
+                    skip.push(who);
+                }
+                Err(e) => return Err(format!("{}: {e}", who.name())),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What one run of the upgrade step measured.
+struct UpgradeRun {
+    wall: Duration,
+    requests: RequestSummary,
+    pid_kept: bool,
+    worker_kept: bool,
+}
+
+/// What the requests of one client run came to.
+#[derive(Debug, PartialEq)]
+struct RequestSummary {
+    requests: usize,
+    /// No connection, reset, cut short, timed out.
+    failed: usize,
+    non_2xx: usize,
+    /// The sum of the spans from a failed request's start to the start of
+    /// the next answered one (or to the end of the last request, when none
+    /// was answered after it).
+    refused_for: Duration,
+    max_latency: Duration,
+}
+
+impl RequestSummary {
+    fn of(records: &[Record]) -> RequestSummary {
+        let failed = records.iter().filter(|r| r.outcome.is_socket_error());
+        let non_2xx = records
+            .iter()
+            .filter(|r| matches!(r.outcome, Outcome::Status(_)));
+        let mut refused_for = Duration::ZERO;
+        let mut first_failure: Option<Duration> = None;
+        for r in records {
+            match (r.outcome, first_failure) {
+                (o, None) if o.is_socket_error() => first_failure = Some(r.start),
+                (Outcome::Ok { .. }, Some(f)) => {
+                    refused_for += r.start.saturating_sub(f);
+                    first_failure = None;
+                }
+                _ => {}
+            }
+        }
+        if let (Some(f), Some(last)) = (first_failure, records.last()) {
+            refused_for += (last.start + last.latency).saturating_sub(f);
+        }
+        RequestSummary {
+            requests: records.len(),
+            failed: failed.count(),
+            non_2xx: non_2xx.count(),
+            refused_for,
+            max_latency: records.iter().map(|r| r.latency).max().unwrap_or_default(),
+        }
+    }
+}
+
+/// One replacement of `instance`'s binary under a tight request loop; the
+/// instance (or the one started in its place) is stopped before returning.
+fn upgrade_run(setup: &Setup, instance: Instance, run: usize) -> Result<UpgradeRun, String> {
+    let who = instance.who;
+    let (generation, worker) = instance.wait_ready(READY)?;
+    let supervisor = instance.pid;
+    let port = instance.port;
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let start = Instant::now();
+    let (outcome, records) = std::thread::scope(|scope| {
+        let client = scope.spawn(|| tight_loop(port, start, &stop));
+        std::thread::sleep(UPGRADE_MARGIN);
+        let outcome = if who == Who::Ours {
+            upgrade_in_place(setup, &instance, run).map(|wall| (wall, instance))
+        } else {
+            stop_and_start(setup, instance, run)
+        };
+        std::thread::sleep(UPGRADE_MARGIN);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let records = client.join().unwrap_or_default();
+        (outcome, records)
+    });
+    let (wall, instance) = outcome?;
+    write_requests(setup, &format!("upgrade-{run}-{}", who.name()), &records);
+    let summary = RequestSummary::of(&records);
+    let now = instance.single_generation();
+    let pid_file = std::fs::read_to_string(&instance.pid_file).unwrap_or_default();
+    let pid_kept = instance.pid == supervisor
+        && !instance.has_exited()
+        && pid_file.trim() == supervisor.to_string();
+    let worker_kept = now == Some((generation, worker));
+    instance.stop(GRACE);
+    Ok(UpgradeRun {
+        wall,
+        requests: summary,
+        pid_kept,
+        worker_kept,
+    })
+}
+
+/// Requests on a new connection each, one after the other, until `stop`
+/// (or 60 s, or a million requests).
+fn tight_loop(port: u16, start: Instant, stop: &std::sync::atomic::AtomicBool) -> Vec<Record> {
+    let mut records = Vec::new();
+    while !stop.load(std::sync::atomic::Ordering::SeqCst)
+        && start.elapsed() < Duration::from_secs(60)
+        && records.len() < 1_000_000
+    {
+        let began = Instant::now();
+        let outcome = http::get(port, Duration::from_secs(5));
+        records.push(Record {
+            start: began - start,
+            latency: began.elapsed(),
+            outcome,
+        });
+    }
+    records
+}
+
+/// `start_server --upgrade --pid-file=FILE`: its wall time, once it said
+/// the upgrade was done (exit 0, and the log has `upgraded from`).
+fn upgrade_in_place(setup: &Setup, instance: &Instance, run: usize) -> Result<Duration, String> {
+    let tag = format!("upgrade-{run}-{}.client", instance.who.name());
+    let (took, status) = run_client(setup, instance, &tag, "--upgrade")?;
+    if !status.success() {
+        return Err(format!(
+            "`--upgrade`: {status}, saying \"{}\"",
+            last_line(&setup.log(&tag))
+        ));
+    }
+    let log = std::fs::read_to_string(&instance.log).unwrap_or_default();
+    if !log.contains("upgraded from") {
+        return Err("`--upgrade` returned but the log has no \"upgraded from\"".to_string());
+    }
+    Ok(took)
+}
+
+/// `start_server --stop --pid-file=FILE`, then the same start_server again
+/// on the same port: the time until its worker answers, and the new
+/// instance.
+fn stop_and_start(
+    setup: &Setup,
+    mut instance: Instance,
+    run: usize,
+) -> Result<(Duration, Instance), String> {
+    let start = Instant::now();
+    let tag = format!("upgrade-{run}-{}.client", instance.who.name());
+    let (_, status) = run_client(setup, &instance, &tag, "--stop")?;
+    if !status.success() {
+        return Err(format!(
+            "`--stop`: {status}, saying \"{}\"",
+            last_line(&setup.log(&tag))
+        ));
+    }
+    if instance.wait_exit(GRACE).is_none() {
+        return Err(format!("still running {GRACE:?} after `--stop`"));
+    }
+    let again = instance.start_again(setup)?;
+    // The first answer, not the status file: the reference writes that
+    // only once the worker has lived for an `--interval`.
+    let deadline = Instant::now() + READY;
+    loop {
+        if let Outcome::Ok { .. } = http::get(again.port, Duration::from_secs(2)) {
+            return Ok((start.elapsed(), again));
+        }
+        if again.has_exited() || Instant::now() >= deadline {
+            return Err(start_failure(&again, &[INTERVAL]));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// Runs `start_server MODE --pid-file=FILE` against `instance` (stdout and
+/// stderr to the log `tag`), for at most 15 s: its wall time and status.
+fn run_client(
+    setup: &Setup,
+    instance: &Instance,
+    tag: &str,
+    mode: &str,
+) -> Result<(Duration, std::process::ExitStatus), String> {
+    let log = std::fs::File::create(setup.log(tag)).map_err(|e| e.to_string())?;
+    let log2 = log.try_clone().map_err(|e| e.to_string())?;
+    let start = Instant::now();
+    let mut client = std::process::Command::new(setup.binary(instance.who))
+        .arg(mode)
+        .arg(format!("--pid-file={}", instance.pid_file.display()))
+        .stdin(std::process::Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .spawn()
+        .map_err(|e| format!("{mode}: {e}"))?;
+    loop {
+        match client.try_wait() {
+            Ok(Some(status)) => return Ok((start.elapsed(), status)),
+            Ok(None) if start.elapsed() < Duration::from_secs(15) => {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            _ => {
+                let _ = client.kill();
+                let _ = client.wait();
+                return Err(format!("`{mode}` did not return in 15 s"));
+            }
+        }
+    }
+}
+
+/// The last non-empty line of a file.
+fn last_line(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let line = text.lines().rev().find(|l| !l.trim().is_empty());
+    line.unwrap_or("").trim().to_string()
+}
+
+/// Every request of a run into `raw/NAME.requests`: start and latency in
+/// ms, and the outcome.
+fn write_requests(setup: &Setup, name: &str, records: &[Record]) {
+    let mut text = String::from("start_ms latency_ms outcome\n");
+    for r in records {
+        text.push_str(&format!(
+            "{:.3} {:.3} {:?}\n",
+            ms(r.start),
+            ms(r.latency),
+            r.outcome
+        ));
+    }
+    let path = setup.raw.join(format!("{name}.requests"));
+    if let Err(e) = std::fs::write(&path, text) {
+        eprintln!("  {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(start_ms: u64, latency_ms: u64, outcome: Outcome) -> Record {
+        Record {
+            start: Duration::from_millis(start_ms),
+            latency: Duration::from_millis(latency_ms),
+            outcome,
+        }
+    }
+
+    #[test]
+    fn summarises_a_client_run() {
+        let ok = Outcome::Ok { generation: 1 };
+        let records = [
+            record(0, 1, ok),
+            record(1, 3, Outcome::Reset),
+            record(4, 1, Outcome::Refused),
+            record(5, 2, ok),
+            record(7, 1, Outcome::Status(503)),
+            record(8, 1, Outcome::Refused),
+            record(9, 1, Outcome::Status(503)),
+            record(10, 1, ok),
+            record(11, 1, Outcome::Refused),
+            record(12, 2, Outcome::Refused),
+        ];
+        let summary = RequestSummary::of(&records);
+        assert_eq!(
+            summary,
+            RequestSummary {
+                requests: 10,
+                failed: 5,
+                non_2xx: 2,
+                // 1 → 5, 8 → 10, and 11 → the end of the last request, 14.
+                refused_for: Duration::from_millis(4 + 2 + 3),
+                max_latency: Duration::from_millis(3),
+            }
+        );
+        let none = RequestSummary::of(&[]);
+        assert_eq!((none.requests, none.refused_for), (0, Duration::ZERO));
+    }
 }
