@@ -1,7 +1,7 @@
 #!/bin/sh
 # Benchmarks our start_server against the Perl reference, side by side.
 #
-#   bench/run.sh            the full run (about 6.5 minutes on 2 cores)
+#   bench/run.sh            the full run (about 7 minutes on 2 cores)
 #   bench/run.sh --quick    a short pass, to check the harness itself
 #   bench/run.sh --impl NAME=BINARY ...   another start_server beside them
 #
