@@ -369,10 +369,10 @@ pub fn seal_listen_fds(env: &Env) {
         .filter(|_| ours)
         .unwrap_or(0);
     for fd in 3..3_i32.saturating_add(count) {
-        // SAFETY: F_SETFD on a number: at worst EBADF.
-        if unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+        if crate::state::cloexec(fd).is_none() {
             return;
         }
+        crate::state::set_cloexec(fd, true);
     }
 }
 

@@ -1300,45 +1300,48 @@ fn client_checks_lock(reference: &mut Record, ours: &mut Record) -> Check {
 }
 
 fn usr1_log_reopen(reference: &mut Record, ours: &mut Record) -> Check {
-    ensure(
-        reference.exit == format!("signal={}", libc::SIGUSR1),
-        || format!("the reference's exit {}", reference.exit),
-    )?;
-    ensure(
-        worker(reference, "W1")?.end.starts_with("parent-gone"),
-        || "the reference did not orphan its worker".to_string(),
-    )?;
-    ensure(
-        has_line(&ours.log, "received USR1, reopened log file $TMP/log"),
-        || format!("our log: {:?}", ours.log),
-    )?;
-    ensure(ours.exit == "exit=0", || format!("our exit {}", ours.exit))?;
-    let w1 = worker(ours, "W1")?;
-    ensure(w1.end.starts_with("TERM"), || {
-        format!("our worker ended {}", w1.end)
-    })?;
-    ensure(!w1.signals.iter().any(|s| s.starts_with("USR1")), || {
-        format!("our worker received {:?}", w1.signals)
-    })?;
-    replace_runs(reference, ours, "usr1-log-reopen");
-    Ok(())
+    survived_the_signal(
+        reference,
+        ours,
+        (libc::SIGUSR1, "USR1"),
+        &["received USR1, reopened log file $TMP/log"],
+        "usr1-log-reopen",
+    )
 }
 
 /// The reference dies of USR2 and orphans its worker; we re-execute
 /// ourselves in place and keep the worker, which TERM then stops.
 fn usr2_upgrade(reference: &mut Record, ours: &mut Record) -> Check {
-    ensure(
-        reference.exit == format!("signal={}", libc::SIGUSR2),
-        || format!("the reference's exit {}", reference.exit),
-    )?;
+    survived_the_signal(
+        reference,
+        ours,
+        (libc::SIGUSR2, "USR2"),
+        &[
+            "received USR2, upgrading start_server from ",
+            ") upgraded from ",
+        ],
+        "usr2-upgrade",
+    )
+}
+
+/// A signal the reference has no handler for: it dies of it and orphans
+/// its worker; we log `lines`, keep the worker (never passing the signal
+/// on) and stop it at TERM.
+fn survived_the_signal(
+    reference: &mut Record,
+    ours: &mut Record,
+    (number, name): (i32, &str),
+    lines: &[&str],
+    id: &str,
+) -> Check {
+    ensure(reference.exit == format!("signal={number}"), || {
+        format!("the reference's exit {}", reference.exit)
+    })?;
     ensure(
         worker(reference, "W1")?.end.starts_with("parent-gone"),
         || "the reference did not orphan its worker".to_string(),
     )?;
-    for line in [
-        "received USR2, upgrading start_server from ",
-        ") upgraded from ",
-    ] {
+    for line in lines {
         ensure(has_line(&ours.log, line), || {
             format!("no {line:?} in our log: {:?}", ours.log)
         })?;
@@ -1348,10 +1351,10 @@ fn usr2_upgrade(reference: &mut Record, ours: &mut Record) -> Check {
     ensure(w1.end.starts_with("TERM"), || {
         format!("our worker ended {}", w1.end)
     })?;
-    ensure(!w1.signals.iter().any(|s| s.starts_with("USR2")), || {
+    ensure(!w1.signals.iter().any(|s| s.starts_with(name)), || {
         format!("our worker received {:?}", w1.signals)
     })?;
-    replace_runs(reference, ours, "usr2-upgrade");
+    replace_runs(reference, ours, id);
     Ok(())
 }
 

@@ -131,6 +131,39 @@ fn monotonic_usec() -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
+/// The wrapper that runs start_server as PID 1 of a new PID namespace
+/// (`unshare` with `flags`), or `None`, the test reported skipped, where
+/// that is not permitted.
+fn unshare_or_skip(flags: &[&str]) -> Option<Vec<String>> {
+    let probe = Command::new("unshare").args(flags).arg("true").output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        skip(&format!(
+            "unshare {} is not permitted here",
+            flags.join(" ")
+        ));
+        return None;
+    }
+    let mut wrapper = vec!["unshare".to_string()];
+    wrapper.extend(flags.iter().map(|f| f.to_string()));
+    Some(wrapper)
+}
+
+/// start_server's host pid, as unshare's child (PID 1 inside).
+fn pid_1(srv: &Server) -> i32 {
+    srv.wait_value("start_server in its namespace", || {
+        children_of(srv.pid()).first().copied()
+    })
+}
+
+/// Waits until a worker of `generation` answers (pids inside a PID
+/// namespace differ from ours, generations do not).
+fn wait_generation_answering(srv: &Server, generation: i32) {
+    srv.wait_value("a worker of the generation answering", || {
+        let body = http_get(srv.sb.port).ok()?;
+        (answer_generation(&body) == Some(generation)).then_some(())
+    })
+}
+
 fn field(datagram: &str, name: &str) -> Option<String> {
     datagram
         .lines()
@@ -772,30 +805,24 @@ fn orphans_get_the_signal_timeout_from_the_term_not_after_the_workers() {
 
 #[test]
 fn as_pid_1_with_the_hosts_proc_orphans_are_left_to_the_kernel_needs_unshare() {
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        skip("unshare --pid --fork is not permitted here");
+    let Some(unshare) = unshare_or_skip(&["--pid", "--fork"]) else {
         return;
-    }
+    };
     let sb = Sandbox::new();
     let srv = sb
         .server()
-        .wrapper(["unshare", "--pid", "--fork"])
+        .wrapper(&unshare)
         .env("TW_ORPHAN_MS", "60000")
         .spawn();
     // /proc lists host pids: the children start_server would see there are
     // not its own. It says so and exits; the kernel kills the rest of its
     // namespace with it.
-    let pid1 = srv.wait_value("start_server in its namespace", || {
-        children_of(srv.pid()).first().copied()
-    });
+    let pid1 = pid_1(&srv);
     srv.wait_for("a worker and its orphan under start_server", || {
         children_of(pid1).len() >= 2
     });
     let orphans = children_of(pid1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGTERM).expect("TERM");
+    send_signal(pid1, Signal::SIGTERM);
     let status = srv.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", srv.describe());
     let out = srv.output();
@@ -811,23 +838,17 @@ fn as_pid_1_with_the_hosts_proc_orphans_are_left_to_the_kernel_needs_unshare() {
 
 #[test]
 fn as_pid_1_start_server_reaps_orphans_and_stops_on_term_needs_unshare() {
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        skip("unshare --pid --fork --mount-proc is not permitted here");
+    let Some(unshare) = unshare_or_skip(&["--pid", "--fork", "--mount-proc"]) else {
         return;
-    }
+    };
     let sb = Sandbox::new();
     let srv = sb
         .server()
-        .wrapper(["unshare", "--pid", "--fork", "--mount-proc"])
+        .wrapper(&unshare)
         .env("TW_ORPHAN_MS", "60000")
         .spawn();
     // start_server is unshare's child, PID 1 inside.
-    let pid1 = srv.wait_value("start_server in its namespace", || {
-        children_of(srv.pid()).first().copied()
-    });
+    let pid1 = pid_1(&srv);
     assert_eq!(
         proc_status_field(pid1, "NSpid")
             .and_then(|f| f.split_whitespace().last().map(str::to_string))
@@ -835,23 +856,17 @@ fn as_pid_1_start_server_reaps_orphans_and_stops_on_term_needs_unshare() {
         Some("1")
     );
     // Pids inside the namespace differ from ours: watch the answers.
-    let generation_answering = |generation: i32| {
-        srv.wait_value("a worker of the generation answering", || {
-            let body = http_get(sb.port).ok()?;
-            (answer_generation(&body) == Some(generation)).then_some(())
-        })
-    };
-    generation_answering(1);
+    wait_generation_answering(&srv, 1);
     // The orphan is re-parented to PID 1, i.e. start_server; a HUP
     // replaces the worker and its orphan is reaped silently.
     srv.wait_for("an orphan under start_server", || {
         children_of(pid1).len() >= 2
     });
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGHUP).expect("HUP");
-    generation_answering(2);
+    send_signal(pid1, Signal::SIGHUP);
+    wait_generation_answering(&srv, 2);
     // TERM from outside, to its host pid: handled (a PID 1 without a
     // handler would ignore it).
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGTERM).expect("TERM");
+    send_signal(pid1, Signal::SIGTERM);
     let status = srv.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", srv.describe());
     let out = srv.output();
@@ -968,38 +983,22 @@ fn an_upgrade_is_a_reload_to_the_service_manager_from_the_same_pid() {
 #[test]
 fn as_pid_1_start_server_upgrades_itself_needs_unshare() {
     use crate::upgrade::{exe_inode, installed_copy, replace_binary};
-    let probe = Command::new("unshare")
-        .args(["--pid", "--fork", "--mount-proc", "true"])
-        .output();
-    if !probe.is_ok_and(|o| o.status.success()) {
-        skip("unshare --pid --fork --mount-proc is not permitted here");
+    let Some(unshare) = unshare_or_skip(&["--pid", "--fork", "--mount-proc"]) else {
         return;
-    }
+    };
     let sb = Sandbox::new();
     let bin = installed_copy(&sb);
-    let srv = sb
-        .server()
-        .binary(bin.clone())
-        .wrapper(["unshare", "--pid", "--fork", "--mount-proc"])
-        .spawn();
-    let pid1 = srv.wait_value("start_server in its namespace", || {
-        children_of(srv.pid()).first().copied()
-    });
-    let serving = |generation: i32| {
-        srv.wait_value("a worker of the generation answering", || {
-            let body = http_get(sb.port).ok()?;
-            (answer_generation(&body) == Some(generation)).then_some(())
-        })
-    };
-    serving(1);
+    let srv = sb.server().binary(bin.clone()).wrapper(&unshare).spawn();
+    let pid1 = pid_1(&srv);
+    wait_generation_answering(&srv, 1);
     let inode = replace_binary(&bin);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGUSR2).expect("USR2");
+    send_signal(pid1, Signal::SIGUSR2);
     srv.wait_output("start_server (pid:1) upgraded from");
     assert_eq!(exe_inode(pid1), inode);
-    serving(1);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGHUP).expect("HUP");
-    serving(2);
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid1), Signal::SIGTERM).expect("TERM");
+    wait_generation_answering(&srv, 1);
+    send_signal(pid1, Signal::SIGHUP);
+    wait_generation_answering(&srv, 2);
+    send_signal(pid1, Signal::SIGTERM);
     let status = srv.wait_exit(TIMEOUT);
     assert!(status.success(), "{}", srv.describe());
 }
